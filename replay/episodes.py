@@ -1,0 +1,139 @@
+"""The episode file contract (SPEC.md): one compressed `.npz` per episode, written atomically.
+
+Legend: L episode length (policy steps + 1; entry 0 is the reset observation), A action size.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import pathlib
+import logging
+import uuid
+import zipfile
+from typing import Iterable
+
+import numpy as np
+
+# key -> (dtype, trailing shape or None when any trailing shape is allowed)
+SCHEMA = {
+    "image": (np.uint8, None),
+    "state": (np.float32, None),
+    "action": (np.float32, None),
+    "reward": (np.float32, ()),
+    "discount": (np.float32, ()),
+    "success": (np.float32, ()),
+    "is_first": (np.bool_, ()),
+    "is_terminal": (np.bool_, ()),
+}
+REQUIRED = ("action", "reward", "discount", "success", "is_first", "is_terminal")
+OBS_KEYS = ("image", "state")
+log = logging.getLogger("comet")
+
+
+class EpisodeError(ValueError):
+    """An episode file or dict that breaks the contract; the message names the file and the reason."""
+
+
+def validate(episode: dict, name: str = "episode") -> dict:
+    """Check keys, dtypes and lengths; return the episode with arrays cast to the contract dtypes."""
+    missing = [k for k in REQUIRED if k not in episode]
+    if missing:
+        raise EpisodeError(f"{name}: missing keys {missing}")
+    if not any(k in episode for k in OBS_KEYS):
+        raise EpisodeError(f"{name}: no observation key (need 'image' and/or 'state')")
+    length = len(episode["reward"])
+    if length < 1:
+        raise EpisodeError(f"{name}: empty episode")
+    out = {}
+    for key, value in episode.items():
+        value = np.asarray(value)
+        if key in SCHEMA:
+            dtype, trailing = SCHEMA[key]
+            if value.ndim == 0 or len(value) != length:
+                raise EpisodeError(f"{name}: '{key}' has length {value.shape[:1]}, expected {length}")
+            if trailing is not None and value.shape[1:] != trailing:
+                raise EpisodeError(f"{name}: '{key}' has shape {value.shape}, expected ({length},)")
+            if key == "image" and (value.ndim != 4 or value.shape[-1] != 3):
+                raise EpisodeError(f"{name}: 'image' has shape {value.shape}, expected (L, H, W, 3)")
+            if key in ("state", "action") and value.ndim != 2:
+                raise EpisodeError(f"{name}: '{key}' has shape {value.shape}, expected (L, dim)")
+            if key == "image" and value.dtype != np.uint8:
+                raise EpisodeError(f"{name}: 'image' has dtype {value.dtype}, expected uint8")
+            value = value.astype(dtype, copy=False)
+        out[key] = value
+    if not out["is_first"][0]:
+        raise EpisodeError(f"{name}: is_first[0] must be True")
+    return out
+
+
+def episode_length(episode: dict) -> int:
+    """Number of entries L (policy steps + 1)."""
+    return len(episode["reward"])
+
+
+def episode_name(index: int | None = None, length: int = 0) -> str:
+    """A sortable file name: time stamp, then index (or a random id), then length."""
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S%f")
+    ident = f"{index:06d}" if index is not None else uuid.uuid4().hex[:8]
+    return f"{stamp}-{ident}-{length}.npz"
+
+
+def save_episode(directory: str | os.PathLike, episode: dict, filename: str | None = None) -> pathlib.Path:
+    """Validate and write one episode atomically (temp file + rename): a crash never leaves a partial file
+    under the final name."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    episode = validate(episode, filename or "episode")
+    filename = filename or episode_name(length=episode_length(episode))
+    path = directory / filename
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **episode)
+    tmp = directory / f".{filename}.{uuid.uuid4().hex[:6]}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_episode(path: str | os.PathLike) -> dict:
+    """Load and validate one episode (`allow_pickle=False`); raise EpisodeError naming the file and reason."""
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            episode = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        reason = str(err).split(".")[0] if str(err) else type(err).__name__
+        raise EpisodeError(f"{path}: unreadable ({reason})") from None
+    return validate(episode, str(path))
+
+
+def episode_files(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """Episode files in a folder, in name (= creation) order; temp files are ignored."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"episode folder not found: {directory}")
+    return sorted(p for p in directory.glob("*.npz") if not p.name.startswith("."))
+
+
+def load_dir(directory: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, dict]:
+    """Load every valid episode in a folder; bad files are skipped with one warning line each.
+
+    `keys`: if given, episodes lacking any of them are skipped too (e.g. state episodes for a pixel model).
+    """
+    keys = list(keys or [])
+    episodes = {}
+    for path in episode_files(directory):
+        try:
+            episode = load_episode(path)
+        except EpisodeError as err:
+            log.warning("skipping episode %s", err)
+            continue
+        absent = [k for k in keys if k not in episode]
+        if absent:
+            log.warning("skipping episode %s: lacks keys %s", path, absent)
+            continue
+        episodes[str(path)] = episode
+    return episodes

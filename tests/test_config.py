@@ -1,0 +1,92 @@
+"""Config blocks, typed flags, errors that name the closest key, schedules."""
+import pathlib
+
+import pytest
+
+import tools
+
+
+def test_blocks_merge_left_to_right():
+    config = tools.load_config(["--configs", "defaults", "metaworld", "metaworld_state"])
+    assert config.obs == "state"  # metaworld says pixel, metaworld_state overrides it
+    assert config.action_repeat == 2
+    assert config.configs == ["defaults", "metaworld", "metaworld_state"]
+
+
+def test_defaults_block_is_implicit():
+    config = tools.load_config(["--configs", "metaworld_state"])
+    assert config.configs[0] == "defaults" and config.seed == 0
+
+
+@pytest.mark.parametrize("flag,text,expected", [
+    ("steps", "1e5", 100000),
+    ("steps", "2500", 2500),
+    ("model_lr", "3e-4", 3e-4),
+    ("use_distill", "True", True),
+    ("use_distill", "false", False),
+    ("size", "32,48", [32, 48]),
+    ("camera_pos", "1,0.5,2", [1.0, 0.5, 2.0]),
+    ("source_tasks", "metaworld_reach,metaworld_push", ["metaworld_reach", "metaworld_push"]),
+    ("distill_weight", "linear(1,0,1e5)", "linear(1,0,1e5)"),
+])
+def test_flags_are_typed_from_defaults(flag, text, expected):
+    config = tools.load_config([f"--{flag}", text])
+    assert config[flag] == expected and type(config[flag]) is type(expected)
+
+
+def test_unknown_flag_names_closest_key():
+    with pytest.raises(tools.ConfigError, match="did you mean '--batch_size'"):
+        tools.load_config(["--batch_sise", "3"])
+
+
+def test_unknown_block_names_closest_block():
+    with pytest.raises(tools.ConfigError, match="did you mean 'metaworld_state'"):
+        tools.load_config(["--configs", "defaults", "metaworld_stat"])
+
+
+def test_bad_values_are_errors():
+    with pytest.raises(tools.ConfigError, match="--steps"):
+        tools.load_config(["--steps", "1.5"])
+    with pytest.raises(tools.ConfigError, match="--use_distill"):
+        tools.load_config(["--use_distill", "maybe"])
+
+
+def test_block_with_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "configs.yaml"
+    path.write_text("defaults:\n  seed: 0\nmine:\n  sede: 1\n")
+    with pytest.raises(tools.ConfigError, match="did you mean 'seed'"):
+        tools.load_config(["--configs", "defaults", "mine"], path=path)
+
+
+def test_every_block_uses_known_keys():
+    blocks = tools.read_blocks()
+    for name in blocks:
+        tools.load_config(["--configs", "defaults", name])
+
+
+def test_schedules():
+    assert tools.schedule("0.5")(123) == 0.5
+    assert tools.schedule(2)(0) == 2.0
+    linear = tools.schedule("linear(1,0,1e5)")
+    assert linear(0) == 1.0 and linear(5e4) == pytest.approx(0.5) and linear(1e6) == 0.0
+    warmup = tools.schedule("warmup(100,2)")
+    assert warmup(0) == 0.0 and warmup(50) == pytest.approx(1.0) and warmup(1000) == 2.0
+    with pytest.raises(tools.ConfigError, match="cannot parse schedule"):
+        tools.schedule("cosine(1,2)")
+
+
+def test_save_config_round_trip(tmp_path):
+    config = tools.load_config(["--configs", "defaults", "metaworld_state", "--seed", "7"])
+    path = tools.save_config(config, tmp_path / "run")
+    assert path == tmp_path / "run" / "config.yaml"
+    back = tools.read_blocks(path)
+    assert back["seed"] == 7 and back["obs"] == "state" and back["size"] == [64, 64]
+
+
+def test_cuda_request_without_cuda_is_an_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(tools.ConfigError, match="CUDA is not available"):
+        tools.get_device("cuda:0")
