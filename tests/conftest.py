@@ -12,3 +12,7 @@ import torch  # noqa: E402
 
 # The CI machine has 2 cores; one thread keeps tests deterministic and leaves a core for env workers.
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout_hint(seconds): expected upper bound of a slow test's run time")

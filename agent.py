@@ -1,0 +1,184 @@
+"""The student Dreamer agent: world model + behavior (+ an optional distiller) and their updates.
+
+`policy` acts in a batch of envs (no teacher involved); `train` makes one world-model update (with
+the distillation loss added when a distiller is attached) and then one behavior update from the
+detached posterior states of the same batch.
+
+Shape legend: n envs, B batch, T time, A action size, F feature size.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.behavior import Behavior
+from models.world_model import WorldModel
+
+# Consecutive non-finite world-model losses tolerated (each is skipped and logged) before giving up:
+# one bad batch is survivable, a run of them means the model has diverged.
+MAX_NONFINITE = 10
+
+
+def obs_shapes(obs_space) -> dict | None:
+    """Observation shapes {key: shape} from a dict of gymnasium Boxes, arrays or shape tuples (None passes)."""
+    if obs_space is None:
+        return None
+    return {k: tuple(getattr(v, "shape", v)) for k, v in dict(obs_space).items()}
+
+
+class Agent:
+    """Student agent. `distiller` (optional) must offer `loss(data, post, wm, step) -> (loss, metrics)`,
+    `parameters()` and `state_dict()/load_state_dict()`; its trainable parameters get one Adam of their
+    own. It is never called while acting."""
+
+    def __init__(self, config, obs_space, act_dim: int, device, distiller=None):
+        c = config
+        self.config = dict(c)
+        self.device = torch.device(device)
+        self.act_dim = int(act_dim)
+        self.wm = WorldModel(c, self.act_dim, obs_shapes(obs_space)).to(self.device)
+        self.behavior = Behavior(c, self.wm.feat_size, self.act_dim).to(self.device)
+        self.wm_opt = torch.optim.Adam(self.wm.parameters(), lr=c["model_lr"], eps=c["model_eps"],
+                                       weight_decay=c["weight_decay"])
+        self.distiller = None
+        self.distill_opt = None
+        self.updates = 0  # completed calls of train()
+        self._nonfinite = 0
+        if distiller is not None:
+            self.attach_distiller(distiller)
+
+    # --- distillation hook ------------------------------------------------------------------------
+
+    def attach_distiller(self, distiller) -> None:
+        """Add a distiller: its loss joins the world-model loss, its trainable parameters get their own
+        optimizer. Built after the agent (it needs the student's sizes), so attached here."""
+        assert self.distiller is None, "a distiller is already attached"
+        if isinstance(distiller, nn.Module):
+            distiller.to(self.device)
+        params = [p for p in distiller.parameters() if p.requires_grad]
+        owned = {id(p) for m in (self.wm, self.behavior) for p in m.parameters()}
+        shared = sum(id(p) in owned for p in params)
+        assert shared == 0, f"{shared} distiller parameters belong to the student; each must be in one optimizer"
+        self.distiller = distiller
+        self.distill_opt = torch.optim.Adam(params, lr=self.config["model_lr"], eps=self.config["model_eps"],
+                                            weight_decay=self.config["weight_decay"]) if params else None
+
+    # --- acting -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def policy(self, obs: dict, state=None, training: bool = True):
+        """Actions for a batch of envs.
+
+        obs: step dict of stacked arrays (n, ...) with `is_first` (n,); where it is set the latent
+        state and previous action are reset. state: None or the state returned by the previous call.
+        Returns (action numpy float32 (n, A) in [-1, 1], state). Training samples the actor (exploration);
+        evaluation takes its mode.
+        """
+        wm = self.wm
+        data = wm.preprocess({k: obs[k] for k in (*wm.obs_keys, "is_first")})
+        n = data["is_first"].shape[0]
+        if state is None:
+            latent = wm.dynamics.initial(n, self.device)
+            action = torch.zeros(n, self.act_dim, device=self.device)
+        else:
+            latent, action = state
+        with wm.autocast():
+            embed = wm.embed(data)  # (n, E)
+            latent, _ = wm.dynamics.obs_step(latent, action, embed, data["is_first"])
+            feat = wm.dynamics.get_feat(latent)  # (n, F)
+        action = self.behavior.act(feat, training)  # (n, A)
+        noise = float(self.config.get("expl_noise", 0.0))
+        if training and noise > 0:
+            action = (action + noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        out = action.float().cpu().numpy()
+        assert np.all(np.abs(out) <= 1.0), f"policy produced actions outside [-1, 1]: {np.abs(out).max()}"
+        return out, (latent, action)
+
+    # --- learning -----------------------------------------------------------------------------------
+
+    def train(self, batch: dict, step: int) -> dict:
+        """One world-model (+ distiller) update, then one behavior update. batch: (B, T, ...) arrays.
+
+        A non-finite world-model loss or gradient skips that update (metric `model_skipped` = 1);
+        MAX_NONFINITE in a row raise FloatingPointError.
+        """
+        c = self.config
+        wm = self.wm
+        data = wm.preprocess(batch)
+        loss, metrics, post = wm.loss(data)
+        if self.distiller is not None:
+            distill_loss, distill_metrics = self.distiller.loss(data, post, wm, step)
+            loss = loss + distill_loss
+            metrics.update(distill_metrics)
+        self.wm_opt.zero_grad(set_to_none=True)
+        if self.distill_opt is not None:
+            self.distill_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(wm.parameters(), c["model_grad_clip"])
+        metrics["model_grad_norm"] = float(norm)
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm))
+        if self.distill_opt is not None:
+            dnorm = nn.utils.clip_grad_norm_(self.distill_opt.param_groups[0]["params"], c["model_grad_clip"])
+            metrics["distill_grad_norm"] = float(dnorm)
+            finite = finite and bool(torch.isfinite(dnorm))
+        metrics["model_skipped"] = float(not finite)
+        if not finite:
+            self._nonfinite += 1
+            if self._nonfinite >= MAX_NONFINITE:
+                raise FloatingPointError(
+                    f"world-model loss or gradient non-finite for {self._nonfinite} updates in a row (update "
+                    f"{self.updates}, loss {float(loss.detach())}, grad norm {float(norm)}); the model diverged: lower "
+                    f"--model_lr or check the data (rewards, observations) for NaN/inf")
+            self.wm_opt.zero_grad(set_to_none=True)
+            if self.distill_opt is not None:
+                self.distill_opt.zero_grad(set_to_none=True)
+            self.updates += 1
+            return metrics
+        self._nonfinite = 0
+        self.wm_opt.step()
+        if self.distill_opt is not None:
+            self.distill_opt.step()
+        self.wm_opt.zero_grad(set_to_none=True)
+        metrics.update(self.behavior.train_step(wm, {k: v.detach() for k, v in post.items()}, step))
+        self.updates += 1
+        return metrics
+
+    # --- checkpoint -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Weights, optimizer states and the update counter (plain tensors and builtins)."""
+        state = {
+            "wm": self.wm.state_dict(),
+            "behavior": self.behavior.state_dict(),
+            "optimizers": {"wm": self.wm_opt.state_dict(), **self.behavior.optimizer_state()},
+            "updates": self.updates,
+        }
+        if self.distiller is not None:
+            state["distiller"] = self.distiller.state_dict()
+            if self.distill_opt is not None:
+                state["optimizers"]["distiller"] = self.distill_opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore everything `state_dict` saved (strict: missing or extra weights are an error)."""
+        has = "distiller" in state
+        if has != (self.distiller is not None):
+            raise ValueError("checkpoint was written " + ("with" if has else "without") + " a distiller, but this "
+                             "agent has " + ("none" if self.distiller is None else "one")
+                             + "; resume with the same --use_distill")
+        self.wm.load_state_dict(state["wm"])
+        self.behavior.load_state_dict(state["behavior"])
+        self.wm_opt.load_state_dict(state["optimizers"]["wm"])
+        self.behavior.load_optimizer_state(state["optimizers"])
+        if self.distiller is not None:
+            self.distiller.load_state_dict(state["distiller"])
+            if self.distill_opt is not None:
+                self.distill_opt.load_state_dict(state["optimizers"]["distiller"])
+        self.updates = int(state["updates"])
+
+    def train_mode(self, training: bool = True) -> None:
+        """Set train/eval mode of every module (matters only for layers like dropout/batch norm)."""
+        for module in (self.wm, self.behavior, self.distiller):
+            if isinstance(module, nn.Module):
+                module.train(training)

@@ -1,0 +1,180 @@
+"""Cost of a distillation update, printed as one JSON object from one run.
+
+    python bench/distill_step.py                  # paper pixel config: batch 50x50, 64x64, cnn_depth 32
+    python bench/distill_step.py --quick          # tiny sizes, a smoke test of the script itself
+
+Measures the student's full update (`Agent.train`: world model + distiller + behavior) for
+  plain          no distillation,
+  k6             comet with K=6 source tasks, all active (teacher in float32, whole batch),
+  k12_p3         comet with K=12 source tasks pruned to 3 active,
+  k6_p3          comet with K=6 source tasks pruned to 3 active,
+  k6_bf16        k6 with the teacher under bf16 autocast (`teacher_precision: 16`),
+  k6_bf16_b25    k6_bf16 distilling on 25 of the 50 sequences (`distill_batch: 25`),
+and reports each variant's time relative to plain (target for k6: <= 1.5 on a CPU) and k12_p3/k6_p3
+(target <= 1.1: after pruning the cost must not depend on K). Teachers are randomly initialised:
+timing does not depend on the weights. The pruned states are set directly with
+`Distiller.set_active` (the same state pruning reaches). The variants are timed round-robin after a
+warm-up, so a change of machine load hits all of them alike; medians are reported. Time spent inside
+`Distiller.loss` (mostly the teacher's forward pass) is reported separately.
+
+Shape legend: B batch, T time, A action size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import tools  # noqa: E402
+
+A = 4
+
+
+def machine() -> dict:
+    """CPU model, core count, torch version and the 1/5/15-min load averages at the time."""
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def make_batch(config, rng: np.random.Generator) -> dict:
+    """A random (B, T) batch in the episode format (content does not change the cost)."""
+    b, t = config["batch_size"], config["batch_length"]
+    batch = {"action": rng.uniform(-1, 1, (b, t, A)).astype(np.float32),
+             "reward": rng.uniform(0, 1, (b, t)).astype(np.float32),
+             "discount": np.ones((b, t), np.float32), "is_first": np.zeros((b, t), bool),
+             "is_terminal": np.zeros((b, t), bool)}
+    batch["is_first"][:, 0] = True
+    if config["obs"] in ("pixel", "both"):
+        batch["image"] = rng.integers(0, 256, (b, t, *config["size"], 3), dtype=np.uint8)
+    if config["obs"] in ("state", "both"):
+        batch["state"] = rng.normal(size=(b, t, 39)).astype(np.float32)
+    return batch
+
+
+class TimedDistiller:
+    """Wraps a distiller's `loss` to accumulate the time spent in it."""
+
+    def __init__(self, distiller):
+        self.distiller, self.seconds = distiller, 0.0
+        self._loss = distiller.loss
+        distiller.loss = self._timed
+
+    def _timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self._loss(*args, **kwargs)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def build(config, k: int | None, active: int | None, device, seed: int, **overrides):
+    """Agent with no distiller (k None) or with a random K-task comet teacher restricted to `active`
+    views; `overrides` are distillation config keys (teacher_precision, distill_batch)."""
+    from agent import Agent
+    from models.distill import Distiller
+    from models.world_model import TeacherWorldModel
+
+    torch.manual_seed(seed)
+    agent = Agent(config, None, A, device)
+    timer = None
+    if k is not None:
+        tconfig = {**config, "source_tasks": [f"metaworld_task{i}" for i in range(k)], "teacher_encoder_mode": "moe"}
+        teacher = TeacherWorldModel(tconfig, A).to(device).eval()
+        distiller = Distiller(teacher, agent.wm.feat_size, {**config, "prune_every": 0, **overrides}, verbose=False)
+        if active is not None:
+            distiller.set_active(list(range(active)))
+        agent.attach_distiller(distiller)
+        timer = TimedDistiller(distiller)
+    return agent, timer
+
+
+VARIANTS = {
+    "plain": (None, None, {}),
+    "k6": (6, None, {}),
+    "k12_p3": (12, 3, {}),
+    "k6_p3": (6, 3, {}),
+    "k6_bf16": (6, None, {"teacher_precision": 16}),
+    "k6_bf16_b25": (6, None, {"teacher_precision": 16, "distill_batch": 25}),
+}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=3, help="timed updates per variant (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", default="", help="also write the JSON here")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    blocks = ["defaults", "metaworld"] + (["debug"] if args.quick else [])
+    config = tools.load_config(["--configs", *blocks, "--device", args.device])
+    device = tools.get_device(args.device)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    assert not unknown and "plain" in names, f"variants must include plain and come from {list(VARIANTS)}: {unknown}"
+    variants = {name: VARIANTS[name] for name in names}
+    agents = {name: build(config, k, active, device, 0, **extra) for name, (k, active, extra) in variants.items()}
+    rng = np.random.default_rng(0)
+    batches = [make_batch(config, rng) for _ in range(2)]
+    before = machine()
+    times = {name: [] for name in variants}
+    inside = {name: [] for name in variants}
+    for i in range(args.warmup + args.updates):
+        for name, (agent, timer) in agents.items():  # round-robin: load changes hit every variant
+            if timer is not None:
+                timer.seconds = 0.0
+            start = time.perf_counter()
+            agent.train(batches[i % len(batches)], step=i)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            if i >= args.warmup:
+                times[name].append(elapsed)
+                inside[name].append(timer.seconds if timer is not None else 0.0)
+            print(f"[bench] update {i} {name}: {elapsed:.2f}s", file=sys.stderr, flush=True)
+    median = {name: statistics.median(v) for name, v in times.items()}
+    result = {
+        "bench": "distill_step",
+        "config": {"batch_size": config["batch_size"], "batch_length": config["batch_length"], "size": config["size"],
+                   "cnn_depth": config["cnn_depth"], "n_experts": config["n_experts"], "obs": config["obs"],
+                   "device": str(device), "quick": args.quick},
+        "machine_before": before, "machine_after": machine(),
+        "warmup": args.warmup, "updates": args.updates,
+        "update_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "median_update_s": {k: round(v, 3) for k, v in median.items()},
+        "median_distill_loss_s": {k: round(statistics.median(v), 3) for k, v in inside.items() if k != "plain"},
+        "ratio_vs_plain": {k: round(v / median["plain"], 3) for k, v in median.items() if k != "plain"},
+        "ratio_k12_pruned3_vs_k6_pruned3": (round(median["k12_p3"] / median["k6_p3"], 3)
+                                            if {"k12_p3", "k6_p3"} <= set(median) else None),
+        "targets": {"ratio_vs_plain k6": 1.5, "ratio_k12_pruned3_vs_k6_pruned3": 1.1},
+    }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

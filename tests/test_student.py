@@ -1,0 +1,184 @@
+"""The student loop end to end on the real Meta-World env at toy scale: files, resume, determinism, errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import dreamer_distill
+import replay
+import tools
+from agent import MAX_NONFINITE, Agent
+
+TINY = ["--configs", "defaults", "metaworld", "metaworld_state", "debug", "--task", "metaworld_reach",
+        "--device", "cpu", "--progress", "False", "--threads", "1"]
+
+
+def run(logdir, *flags):
+    return dreamer_distill.main([*TINY, "--logdir", str(logdir), *flags])
+
+
+def records(logdir):
+    lines = (logdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def train_records(logdir):
+    return [r for r in records(logdir) if "train/model_loss" in r]
+
+
+@pytest.mark.timeout_hint(60)
+@pytest.mark.parametrize("obs", ["state", "pixel"])
+def test_run_writes_episodes_metrics_checkpoint_and_resumes(tmp_path, obs, capsys):
+    logdir = tmp_path / "run"
+    steps = ["--obs", obs, "--time_limit", "40", "--eval_every", "80"]
+    assert run(logdir, *steps, "--steps", "160") == 0
+    for name in ("config.yaml", "metrics.jsonl", "latest.pt"):
+        assert (logdir / name).is_file(), name
+    episodes = replay.load_dir(logdir / "train_eps")
+    assert len(episodes) == 4  # 160 env steps / 40 per episode
+    key = "image" if obs == "pixel" else "state"
+    for ep in episodes.values():
+        assert ep[key].shape[0] == 21  # 20 policy steps (action_repeat 2) + the reset observation
+        assert (ep["action"][0] == 0).all() and np.abs(ep["action"]).max() <= 1.0
+        assert ep["is_first"][0] and not ep["is_first"][1:].any()
+    assert ep[key].shape[1:] == ((64, 64, 3) if obs == "pixel" else (39,))
+    assert len(replay.load_dir(logdir / "eval_eps")) == 2  # evals at 80 and 160, one episode each
+    evals = [r for r in records(logdir) if "eval/success_any" in r]
+    assert [r["step"] for r in evals] == [80, 160]
+    assert {"eval/return", "eval/success_final", "eval/length"} <= set(evals[0])
+    first = train_records(logdir)
+    assert first and {"train/actor_loss", "train/critic_loss", "train/imag_return", "perf/fps"} <= set(first[-1])
+    saved = checkpoint.load(logdir / "latest.pt")
+    assert saved["step"] == 160 and saved["agent"]["updates"] > 0
+    updates = saved["agent"]["updates"]
+
+    capsys.readouterr()
+    assert run(logdir, *steps, "--steps", "320") == 0
+    assert "resuming" in capsys.readouterr().out
+    saved = checkpoint.load(logdir / "latest.pt")
+    assert saved["step"] == 320 and saved["agent"]["updates"] > updates
+    later = [r["step"] for r in records(logdir) if "step" in r]
+    assert later == sorted(later) and later[-1] == 320, later  # the step counter continued
+    assert len(replay.load_dir(logdir / "train_eps")) == 8
+
+    capsys.readouterr()
+    assert run(logdir, *steps, "--steps", "320") == 0
+    assert "already done" in capsys.readouterr().out
+
+
+@pytest.mark.timeout_hint(40)
+def test_same_seed_gives_identical_losses(tmp_path):
+    for name in ("a", "b"):
+        assert run(tmp_path / name, "--steps", "120", "--seed", "3") == 0
+    a, b = train_records(tmp_path / "a"), train_records(tmp_path / "b")
+    assert a and len(a) == len(b)
+    for ra, rb in zip(a, b):
+        for key in ("train/model_loss", "train/actor_loss", "train/critic_loss", "train/return"):
+            assert ra[key] == rb[key], (key, ra[key], rb[key])
+    assert run(tmp_path / "c", "--steps", "120", "--seed", "4") == 0
+    assert train_records(tmp_path / "c")[0]["train/model_loss"] != a[0]["train/model_loss"]
+
+
+def test_resume_false_on_a_non_empty_logdir_is_an_error(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    (logdir / "notes.txt").write_text("old run")
+    assert run(logdir, "--resume", "False") == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--resume True" in err
+    assert sorted(p.name for p in logdir.iterdir()) == ["notes.txt"]  # nothing written
+
+
+def test_missing_logdir_is_an_error(capsys):
+    assert dreamer_distill.main(TINY) == 2
+    assert "--logdir" in capsys.readouterr().err
+
+
+@pytest.mark.timeout_hint(30)
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
+    logdir = tmp_path / "run"
+    original = dreamer_distill.Trainer.train
+
+    def interrupted(self):
+        if self.step >= 100:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(dreamer_distill.Trainer, "train", interrupted)
+    assert run(logdir, "--steps", "160") == 130
+    saved = checkpoint.load(logdir / "latest.pt")
+    assert saved["step"] == 100
+    monkeypatch.setattr(dreamer_distill.Trainer, "train", original)
+    assert run(logdir, "--steps", "160") == 0
+    assert checkpoint.load(logdir / "latest.pt")["step"] == 160
+
+
+# --- agent --------------------------------------------------------------------------------------------
+
+def tiny_agent(**overrides):
+    config = tools.load_config(TINY[:5])
+    config.update(overrides)
+    return Agent(config, {"state": (39,)}, 4, "cpu"), config
+
+
+def tiny_batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    b, t = config["batch_size"], config["batch_length"]
+    data = {"state": rng.normal(size=(b, t, 39)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (b, t, 4)).astype(np.float32),
+            "reward": rng.uniform(0, 1, (b, t)).astype(np.float32), "discount": np.ones((b, t), np.float32),
+            "is_first": np.zeros((b, t), bool), "is_terminal": np.zeros((b, t), bool)}
+    data["is_first"][:, 0] = True
+    return data
+
+
+def test_policy_resets_the_latent_state_where_is_first():
+    torch.manual_seed(0)
+    agent, _ = tiny_agent()
+    rng = np.random.default_rng(0)
+    obs = {"state": rng.normal(size=(2, 39)).astype(np.float32), "is_first": np.array([True, True])}
+    _, fresh = agent.policy(obs, None, training=True)
+    state = fresh
+    obs["is_first"] = np.array([False, False])
+    for _ in range(3):
+        _, state = agent.policy(obs, state, training=True)
+    obs["is_first"] = np.array([True, False])
+    action, state = agent.policy(obs, state, training=False)
+    assert action.shape == (2, 4) and action.dtype == np.float32 and np.abs(action).max() <= 1
+    # The deterministic state of a reset env does not depend on its history.
+    assert torch.allclose(state[0]["deter"][0], fresh[0]["deter"][0])
+    assert not torch.allclose(state[0]["deter"][1], fresh[0]["deter"][1])
+
+
+def test_non_finite_world_model_loss_is_skipped_then_raises():
+    torch.manual_seed(0)
+    agent, config = tiny_agent()
+    batch = tiny_batch(config)
+    batch["reward"][0, 3] = np.nan
+    before = {k: v.clone() for k, v in agent.wm.state_dict().items()}
+    metrics = agent.train(batch, 0)
+    assert metrics["model_skipped"] == 1.0
+    assert all(torch.equal(v, before[k]) for k, v in agent.wm.state_dict().items())
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        for step in range(MAX_NONFINITE):
+            agent.train(batch, step)
+
+
+def test_agent_state_dict_round_trip_includes_optimizers(tmp_path):
+    torch.manual_seed(0)
+    agent, config = tiny_agent()
+    agent.train(tiny_batch(config), 0)
+    checkpoint.save(tmp_path / "a.pt", {"agent": agent.state_dict()})
+    other, _ = tiny_agent()
+    other.load_state_dict(checkpoint.load(tmp_path / "a.pt")["agent"])
+    assert other.updates == 1
+    assert other.wm_opt.state_dict()["state"], "world-model optimizer state not restored"
+    assert other.behavior.actor_opt.state_dict()["state"], "actor optimizer state not restored"
+    # Same weights, same optimizer state, same RNG: the next update is identical.
+    torch.manual_seed(5)
+    m1 = agent.train(tiny_batch(config, 1), 1)
+    torch.manual_seed(5)
+    m2 = other.train(tiny_batch(config, 1), 1)
+    assert m1 == m2
