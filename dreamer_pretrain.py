@@ -202,7 +202,20 @@ def find_resume(logdir: pathlib.Path) -> pathlib.Path | None:
 
 # --- main loop -----------------------------------------------------------------------------------
 
+HELP_KEYS = ("source_tasks", "source_task_dirs", "teacher_encoder_mode", "n_experts", "use_orthogonal",
+             "moe_temperature", "pretrain_iterations", "task_batching", "grad_surgery", "batch_size", "batch_length",
+             "log_every", "checkpoint_every", "open_loop_context", "logdir", "device", "precision", "compile",
+             "resume", "seed")
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        defaults = tools.read_blocks()["defaults"]
+        print(__doc__ + "\nMain flags (any config key is a flag; --configs picks blocks of configs.yaml):")
+        for key in HELP_KEYS:
+            print(f"  --{key:<22} default {defaults[key]!r}")
+        return 0
     config = tools.load_config(argv, description=__doc__.splitlines()[0])
     if not config.logdir:
         raise PretrainError("--logdir is required")

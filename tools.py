@@ -146,7 +146,7 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
     for token in rest:
         if token.startswith("--"):
             key = token[2:].split("=", 1)[0]
-            if key not in merged:
+            if key not in merged and key != "help":
                 raise ConfigError(_unknown_message("flag", "--" + key, ["--" + k for k in merged]))
     args = parser.parse_args(argv)
     config = Config(merged)

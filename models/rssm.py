@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .networks import (TaskBias, TaskBlocks, activation, categorical_kl, gaussian_kl, onehot_straight_through,
