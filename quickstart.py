@@ -26,6 +26,28 @@ SCALES = {
 }
 
 
+def relay(stream, log) -> None:
+    """Copy a stage's output to its log file and to our stdout, indented.
+
+    Progress bars redraw one line with carriage returns: a terminal shows them in place, while a pipe or
+    file (CI, nohup) gets only each bar's last state, not one line per redraw.
+    """
+    live = sys.stdout.isatty()
+    pending = b""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        log.write(chunk)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            text = line.split(b"\r")[-1].decode(errors="replace")
+            sys.stdout.write(("\r    " if live else "    ") + text + "\n")
+        if live and b"\r" in pending:
+            sys.stdout.write("\r    " + pending.split(b"\r")[-1].decode(errors="replace"))
+        sys.stdout.flush()
+    if pending:
+        sys.stdout.write("    " + pending.split(b"\r")[-1].decode(errors="replace") + "\n")
+
+
 def stage(name: str, command: list[str], done: pathlib.Path, log: pathlib.Path) -> None:
     """Run one stage unless its marker `done` exists; stream its output and stop the pipeline if it fails.
 
@@ -38,13 +60,10 @@ def stage(name: str, command: list[str], done: pathlib.Path, log: pathlib.Path) 
     print(f"[quickstart] {name}: {shlex.join(command)}", flush=True)
     start = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    with open(log, "wb") as f:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        for line in process.stdout:
-            f.write(line)
-            if not line.startswith("\r"):
-                sys.stdout.write("    " + line)
+        relay(process.stdout, f)
         code = process.wait()
     if code != 0:
         raise SystemExit(f"[quickstart] {name} failed (exit {code}); full output in {log}")

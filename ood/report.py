@@ -152,7 +152,9 @@ def plot_distances(tasks: Sequence[str], frechet: dict, reference: dict, student
     axes[1].set_ylabel("median squared Mahalanobis d_k")
     for ax in axes:
         ax.set_xticks(x, labels, rotation=30, ha="right")
-        ax.set_yscale("log")
+        heights = [p.get_height() for p in ax.patches]
+        if any(h > 0 for h in heights):  # log scale needs a positive bar (Fréchet is n/a below 2 episodes)
+            ax.set_yscale("log")
         ax.legend()
     axes[0].set_title("distribution distance per source task")
     axes[1].set_title("distance to each task's Gaussian")
