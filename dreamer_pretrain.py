@@ -226,6 +226,8 @@ def main(argv=None) -> int:
     logdir = pathlib.Path(config.logdir)
     tools.set_seed(config.seed)
     device = tools.get_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(int(config.threads))
 
     sources, act_dim, obs_shapes = load_sources(config)
     keys = list(OBS_KEYS[config.obs]) + list(STEP_KEYS)
