@@ -55,7 +55,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, tools.Config]:
     parser.add_argument("--out", default="data", help="root folder; one sub-folder per task")
     parser.add_argument("--seed", type=int, default=0)
     args, rest = parser.parse_known_args(argv)
-    config = tools.load_config(rest, description="collect_data.py config keys")
+    try:
+        config = tools.load_config(rest, description="collect_data.py config keys")
+    except tools.ConfigError as err:
+        parser.error(str(err))
     if args.episodes < 0:
         parser.error(f"--episodes must be >= 0, got {args.episodes}")
     if args.noise < 0:

@@ -2,6 +2,7 @@
 and wall time of collecting pixel episodes. Prints one JSON object.
 
     python bench/collect.py [--steps 300] [--frames 200] [--episodes 10] [--task metaworld_drawer_close]
+                            [--collect_workers 1,2] [--parts vecenv,frame,collect]
 """
 from __future__ import annotations
 
@@ -140,20 +141,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--frames", type=int, default=200, help="frames timed per render setting")
     parser.add_argument("--episodes", type=int, default=10, help="pixel episodes collected per timing")
     parser.add_argument("--collect_workers", default="1,2", help="comma list of --workers values to time")
+    parser.add_argument("--parts", default="vecenv,frame,collect", help="which measurements to run")
     args = parser.parse_args(argv)
     config = tools.load_config(["--obs", "pixel"])
     result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": "none",
                           "mujoco_gl": envs.select_gl_backend(config.mujoco_gl)},
               "load_before": [round(x, 2) for x in os.getloadavg()], "task": args.task,
               "settings": {k: config[k] for k in ("size", "action_repeat", "time_limit", "camera", "render_fast")}}
-    vec = vec_throughput(config, args.task, (1, 2), args.steps)
-    vec["ratio"] = round(vec["envs_2"]["policy_steps_per_s"] / vec["envs_1"]["policy_steps_per_s"], 2)
-    result["vecenv"] = vec
-    ceiling = independent_ceiling(config, args.task, args.steps)
-    ceiling["ratio"] = round(ceiling["policy_steps_per_s"] / vec["envs_1"]["policy_steps_per_s"], 2)
-    result["vecenv"]["independent_2"] = ceiling
-    result["frame"] = frame_ms(config, args.task, args.frames)
-    result["collect"] = [collect_seconds(args.task, args.episodes, int(w)) for w in args.collect_workers.split(",")]
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"vecenv", "frame", "collect"}
+    if unknown:
+        parser.error(f"--parts: unknown {sorted(unknown)}; choose from vecenv, frame, collect")
+    if "vecenv" in parts:
+        vec = vec_throughput(config, args.task, (1, 2), args.steps)
+        vec["ratio"] = round(vec["envs_2"]["policy_steps_per_s"] / vec["envs_1"]["policy_steps_per_s"], 2)
+        ceiling = independent_ceiling(config, args.task, args.steps)
+        ceiling["ratio"] = round(ceiling["policy_steps_per_s"] / vec["envs_1"]["policy_steps_per_s"], 2)
+        vec["independent_2"] = ceiling
+        result["vecenv"] = vec
+    if "frame" in parts:
+        result["frame"] = frame_ms(config, args.task, args.frames)
+    if "collect" in parts:
+        result["collect"] = [collect_seconds(args.task, args.episodes, int(w))
+                             for w in args.collect_workers.split(",")]
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=1))
     return result
