@@ -209,7 +209,7 @@ class Trainer:
         import envs
         import logger as logger_lib
         from agent import Agent
-        from models.world_model import obs_shapes_from
+        from models.world_model import OBS_KEYS, obs_shapes_from
         from replay import Replay, load_dir
 
         c = self.config = config
@@ -218,7 +218,13 @@ class Trainer:
         self.logdir, resume = prepare_logdir(c)
         self.device = tools.get_device(c.device)
         tools.set_seed(c.seed)
-        self.obs_keys = {"pixel": ("image",), "state": ("state",), "both": ("image", "state")}[c.obs]
+        if c.obs not in OBS_KEYS:
+            raise UsageError(f"--obs must be one of {sorted(OBS_KEYS)}, got '{c.obs}'")
+        self.obs_keys = OBS_KEYS[c.obs]
+        try:
+            envs.env_name(c.task)
+        except ValueError as err:
+            raise UsageError(f"--task: {err}") from None
         self.act_dim = envs.ACTION_DIM
 
         # The agent (and distiller) first: a bad flag fails before any env starts or file is written.
@@ -388,6 +394,8 @@ class Trainer:
                   f"run the same command to resume", flush=True)
             raise
         bar.close()
+        if self._train_metrics or self._episode_stats:  # the tail since the last log_every
+            self.log((self.step - tick_step) / max(time.time() - tick, 1e-9))
         print(f"done: {self.step} env steps, {self.agent.updates} updates, last eval success (any step) "
               f"{self.last_success:.2f}", flush=True)
 
@@ -401,11 +409,13 @@ class Trainer:
 
 def main(argv=None) -> int:
     """Parse flags, train, return the exit code (2: unusable command line, 130: interrupted)."""
+    import checkpoint
+
     try:
         config = tools.load_config(argv, description=__doc__)
         os.environ.setdefault("MUJOCO_GL", config.mujoco_gl)
         trainer = Trainer(config)
-    except (UsageError, tools.ConfigError) as err:
+    except (UsageError, tools.ConfigError, checkpoint.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

@@ -183,7 +183,7 @@ def frozen(*modules: nn.Module):
 class Behavior(nn.Module):
     """Actor, critic and slow critic with their own Adam optimizers.
 
-    `train(wm, start, step)` imagines from the (detached) posterior states `start` of a batch and makes
+    `train_step(wm, start, step)` imagines from the (detached) posterior states `start` of a batch and makes
     one actor and one critic update. The world model is only read, never updated, here.
     """
 
@@ -214,8 +214,7 @@ class Behavior(nn.Module):
     def act(self, feat: torch.Tensor, training: bool) -> torch.Tensor:
         """Action (..., A) in [-1, 1]: a sample while training (exploration), the mode for evaluation."""
         dist = self.actor(feat)
-        action = dist.sample() if training else dist.mode()
-        return action
+        return dist.sample() if training else dist.mode()
 
     # --- learning -------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from .networks import MLP
 from .world_model import OBS_KEYS
 
 MODES = ("comet", "vid2act", "reward")
+DIRECTIONS = ("teacher_to_student", "student_to_teacher")
 # Encoder each mode needs from the teacher: comet's pruning saves work only because a MoE teacher's
 # experts are shared by all views; vid2act is defined by its label-conditioned CNN.
 MODE_ENCODER = {"comet": "moe", "vid2act": "label_cnn"}
@@ -65,7 +66,8 @@ def check_compatible(config, teacher, student_obs_shapes: dict | None = None, ac
         raise DistillError(f"obs must be one of {sorted(OBS_KEYS)}, got '{config['obs']}'")
     missing = [k for k in teacher.obs_keys if k not in student_keys]
     if missing:
-        raise DistillError(f"the teacher was trained on obs '{teacher.config['obs']}' and reads {list(teacher.obs_keys)}, "
+        raise DistillError(f"the teacher was trained on obs '{teacher.config['obs']}' and reads "
+                           f"{list(teacher.obs_keys)}, "
                            f"but the student runs with obs '{config['obs']}' and has no {missing}; run the student "
                            f"with --obs {teacher.config['obs']} (or 'both') or use a teacher trained on "
                            f"'{config['obs']}'")
@@ -130,8 +132,13 @@ class Distiller(nn.Module):
         self._logger = None
         self.logger = logger
 
+        direction = c.get("distill_direction", "teacher_to_student")
+        if direction not in DIRECTIONS:
+            raise DistillError(f"distill_direction must be one of {DIRECTIONS}, got '{direction}'")
+        self.to_teacher = direction == "student_to_teacher" and self.mode == "comet"
         if self.mode == "comet":
-            self.proj = MLP(ft, fs, c["distill_hidden"], 1, c["act"], False, n_tasks=k if self.conditional else 0)
+            inp, out = (fs, ft) if self.to_teacher else (ft, fs)
+            self.proj = MLP(inp, out, c["distill_hidden"], 1, c["act"], False, n_tasks=k if self.conditional else 0)
         elif self.mode == "vid2act":
             self.proj = nn.Linear(ft, fs)
         else:
@@ -162,13 +169,14 @@ class Distiller(nn.Module):
 
     def get_extra_state(self) -> dict:
         return {"source_tasks": list(self.task_names), "distill_mode": self.mode,
-                "conditional": self.conditional}
+                "conditional": self.conditional, "to_teacher": self.to_teacher}
 
     def set_extra_state(self, state: dict) -> None:
         mine = self.get_extra_state()
         if state != mine:
             raise DistillError(f"distiller state was saved for {state}, but this run distills {mine}; resume "
-                               f"with the same teacher and --distill_mode / --conditional_distill")
+                               f"with the same teacher and --distill_mode / --conditional_distill / "
+                               f"--distill_direction")
 
     def _refresh_active(self) -> None:
         """Python-side copies of the active set and the update count (no device sync per update)."""
@@ -217,14 +225,16 @@ class Distiller(nn.Module):
         with precision:
             return self.teacher.task_features(data, tasks, sample=self.sample).float()
 
-    def project(self, t: torch.Tensor, tasks: Sequence[int] | None = None) -> torch.Tensor:
-        """P(t_k, k): (V, B, T, Ft) -> (V, B, T, Fs) for the views `tasks` (default: active)."""
-        assert t.shape[-1] == self.teacher_feat, (t.shape, self.teacher_feat)
+    def project(self, x: torch.Tensor, tasks: Sequence[int] | None = None) -> torch.Tensor:
+        """The projection for the views `tasks` (default: active): P(t_k, k) (V, B, T, Ft) -> (V, B, T, Fs);
+        with `distill_direction: student_to_teacher`, Q(s, k) (V, B, T, Fs) -> (V, B, T, Ft)."""
+        size = self.student_feat if self.to_teacher else self.teacher_feat
+        assert x.shape[-1] == size, f"projection input {tuple(x.shape)}, expected last size {size}"
         if self.conditional:
-            ids = self._ids if tasks is None else torch.as_tensor(list(tasks), device=t.device)
-            assert ids.shape == t.shape[:1], f"one task id per view: {tuple(ids.shape)} vs {tuple(t.shape)}"
-            return self.proj(t, ids)
-        return self.proj(t)
+            ids = self._ids if tasks is None else torch.as_tensor(list(tasks), device=x.device)
+            assert ids.shape == x.shape[:1], f"one task id per view: {tuple(ids.shape)} vs {tuple(x.shape)}"
+            return self.proj(x, ids)
+        return self.proj(x)
 
     def weights(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Relevance w = softmax over the views of g([t_k, sg(s)]): (V, B, T)."""
@@ -272,9 +282,12 @@ class Distiller(nn.Module):
 
     def _latent_loss(self, data: dict, s: torch.Tensor):
         t = self.teacher_features(data)  # (V, B, T, Ft)
-        p = self.project(t)  # (V, B, T, Fs)
+        if self.to_teacher:
+            pred, target, size = self.project(s.unsqueeze(0).expand(t.shape[0], *s.shape)), t, self.teacher_feat
+        else:
+            pred, target, size = self.project(t), s.unsqueeze(0), self.student_feat  # (V, B, T, Fs)
         w = self.weights(t, s)  # (V, B, T)
-        dist = (p - s.unsqueeze(0)).pow(2).sum(-1) / self.student_feat  # (V, B, T)
+        dist = (pred - target).pow(2).sum(-1) / size  # (V, B, T)
         per_view = (torch.clamp(w, min=self.floor) * dist).mean((1, 2))  # (V,)
         mean_w = w.detach().mean((1, 2))  # (V,)
         self._update_ema(mean_w)

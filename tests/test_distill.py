@@ -276,6 +276,30 @@ def test_loss_decreases_when_student_features_are_trained_to_match_a_fixed_teach
     assert values[-1] < 0.3 * values[0], values[::10]
 
 
+def test_student_to_teacher_direction_predicts_teacher_features_from_the_student():
+    torch.manual_seed(0)
+    _, teacher, wm, d = make_pair(3, "--distill_direction", "student_to_teacher", "--distill_hidden", "64")
+    data = wm.preprocess(make_batch())
+    _, _, post = wm.loss(data)
+    s = wm.dynamics.get_feat(post)
+    q = d.project(s.unsqueeze(0).expand(2, *s.shape), [0, 2])
+    assert q.shape == (2, B, T, teacher.feat_size)
+    opt = torch.optim.Adam([*wm.parameters(), *d.parameters()], lr=3e-3)
+    values = []
+    for step in range(60):
+        _, _, post = wm.loss(data)
+        loss, metrics = d.loss(data, post, wm, step)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.encoders.parameters())
+        opt.step()
+        values.append(metrics["distill/loss"])
+    assert values[-1] < 0.5 * values[0], values[::10]
+    with pytest.raises(DistillError, match="distill_direction"):
+        Distiller(teacher, wm.feat_size, make_config("--distill_direction", "sideways"), verbose=False)
+
+
 def test_reward_mode_matches_the_student_reward_to_the_most_relevant_teacher_view():
     config, teacher, wm, d = make_pair(3, "--reward_distill_coef", "0.45", mode="reward")
     assert list(d.parameters()) == []
