@@ -16,6 +16,10 @@ Design decisions (see also docs/architecture.md, "Student agent and the distilla
   active view learning without hiding which views the relevance network rates low.
 * Update counting is internal (`updates`): the `distill_weight` schedule and `prune_every` count
   distillation updates, whatever the caller's step means.
+* `distill_direction: student_to_teacher` (comet only) replaces P(t_k, k) ~ s by Q(s, k) ~ t_k. Pulling
+  s toward a regression of s from teacher features shrinks what the teacher cannot explain, i.e. the
+  target-specific part of s; predicting the teacher from s only asks s to contain the teacher's
+  information. The specified direction stays the default (measurements: docs/benchmarks.md).
 
 Shape legend: V active task views, K source tasks, B batch, T time, Ft teacher feature size,
 Fs student feature size, U hidden units.
@@ -85,7 +89,8 @@ class Distiller(nn.Module):
 
     comet:   L = sum_{k active} mean_{b,t}(max(floor, w_k) * |P(t_k, k) - s|^2) / Fs with
              w = softmax over the active views of g([t_k, sg(s)]); the lowest-EMA view is pruned
-             every `prune_every` updates down to `min_active_tasks`.
+             every `prune_every` updates down to `min_active_tasks`. With `distill_direction:
+             student_to_teacher` the matched pair is (Q(s, k), t_k), normalised by Ft.
     vid2act: the same with an unconditioned Linear projection, all views, no pruning.
     reward:  coef * mean_{b,t}(r_student(s) - r_teacher(t_k*, k*))^2 where k* is the view whose
              reward head best predicts the target task's observed rewards (EMA of a softmax over
