@@ -250,7 +250,7 @@ class Trainer:
             set_rng_state(payload["rng"], self.action_rng, self.replay)
             print(f"resuming {self.logdir} at env step {self.step} ({self.agent.updates} updates, "
                   f"{self.replay.num_episodes} episodes in replay)", flush=True)
-        self.logger = logger_lib.Logger(self.logdir)
+        self.logger = logger_lib.Logger(self.logdir, resume_step=self.step if payload is not None else None)
         if self.agent.distiller is not None and hasattr(self.agent.distiller, "logger"):
             self.agent.distiller.logger = self.logger  # pruning events go to metrics.jsonl
         # Training envs are seeded per run position so a resumed run does not replay the same positions.

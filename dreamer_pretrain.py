@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     if config.compile and device.type == "cuda":
         compile_heavy(model)
 
-    logger = Logger(logdir)
+    logger = Logger(logdir, resume_step=step if resume_path else None)
     logger.event("pretrain_start", step=step, source_tasks=list(config.source_tasks),
                  source_task_dirs=list(config.source_task_dirs), encoder_mode=config.teacher_encoder_mode,
                  moe_temperature=config.moe_temperature, resumed_from=str(resume_path) if resume_path else None)

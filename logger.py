@@ -13,12 +13,20 @@ class Logger:
     """Collects values between `write(step)` calls; one JSON line per write, so `metrics.jsonl` mirrors TensorBoard.
 
     TensorBoard is opened lazily so that a script that logs nothing leaves no event file.
+
+    `resume_step`: the step a resumed run restarts from. Rows a crashed or interrupted run wrote after its
+    last checkpoint are about to be logged again; they are moved to `metrics.superseded.jsonl` (kept, not
+    deleted) and TensorBoard purges its events after that step, so each step appears once in both.
     """
 
-    def __init__(self, logdir: str | pathlib.Path, tensorboard: bool = True):
+    def __init__(self, logdir: str | pathlib.Path, tensorboard: bool = True, resume_step: int | None = None):
         self.logdir = pathlib.Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._use_tb = tensorboard
+        self._purge_step = None
+        if resume_step is not None:
+            self._purge_step = int(resume_step) + 1
+            self._set_aside_rows_after(int(resume_step))
         self._writer = None
         self._scalars: dict[str, float] = {}
         self._images: dict[str, np.ndarray] = {}
@@ -31,8 +39,30 @@ class Logger:
         if self._writer is None and self._use_tb:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.logdir), max_queue=1000)
+            self._writer = SummaryWriter(str(self.logdir), max_queue=1000, purge_step=self._purge_step)
         return self._writer
+
+    def _set_aside_rows_after(self, step: int) -> None:
+        """Move metrics.jsonl rows with a step after `step` to metrics.superseded.jsonl (atomic rewrite)."""
+        path = self.logdir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep, later = [], []
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                row_step = json.loads(line).get("step")
+            except (json.JSONDecodeError, AttributeError):
+                row_step = None  # a torn last line of a killed run: set aside, not parsed
+                later.append(line if line.endswith("\n") else line + "\n")
+                continue
+            (later if isinstance(row_step, (int, float)) and row_step > step else keep).append(line)
+        if not later:
+            return
+        with open(self.logdir / "metrics.superseded.jsonl", "a") as f:
+            f.writelines(later)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
 
     def scalar(self, name: str, value) -> None:
         self._scalars[name] = float(value)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,17 +23,7 @@ import numpy as np  # noqa: E402
 import collect_data  # noqa: E402
 import envs  # noqa: E402
 import tools  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
+from bench.common import emit, machine  # noqa: E402
 
 
 def vec_throughput(config, task: str, counts=(1, 2), steps: int = 300, block: int = 25, seed: int = 0) -> dict:
@@ -144,9 +131,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--parts", default="vecenv,frame,collect", help="which measurements to run")
     args = parser.parse_args(argv)
     config = tools.load_config(["--obs", "pixel"])
-    result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": "none",
-                          "mujoco_gl": envs.select_gl_backend(config.mujoco_gl)},
-              "load_before": [round(x, 2) for x in os.getloadavg()], "task": args.task,
+    result = {"machine": machine(), "mujoco_gl": envs.select_gl_backend(config.mujoco_gl), "task": args.task,
               "settings": {k: config[k] for k in ("size", "action_repeat", "time_limit", "camera", "render_fast")}}
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"vecenv", "frame", "collect"}
@@ -164,9 +149,8 @@ def main(argv=None) -> dict:
     if "collect" in parts:
         result["collect"] = [collect_seconds(args.task, args.episodes, int(w))
                              for w in args.collect_workers.split(",")]
-    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(result, indent=1))
-    return result
+    result["load_avg_end"] = machine()["load_avg"]
+    return emit(result)
 
 
 if __name__ == "__main__":

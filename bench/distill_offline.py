@@ -17,7 +17,6 @@ Shape legend: B batch, T time, F feature size, Ds state size.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -29,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import tools  # noqa: E402
+from bench.common import emit, machine  # noqa: E402
 
 
 def windows(episodes: list[dict], length: int, per_batch: int = 16) -> list[dict]:
@@ -166,11 +166,8 @@ def main(argv=None) -> dict:
     result = {"data": args.data, "teacher": args.teacher, "config": {k: config[k] for k in keys}, "train_episodes": len(train), "held_out_episodes": len(held),
               "updates": args.updates, "eval_updates": [p["update"] for p in runs[0]["curve"]],
               "final_held_out": summary, "runs": runs}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
-    return result
+    result["machine"] = machine()
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@
 
 Measures the student's full update (`Agent.train`: world model + distiller + behavior) for
   plain          no distillation,
-  k6             comet with K=6 source tasks, all active (teacher in float32, whole batch),
+  k6             comet with K=6 source tasks, all active, default config (`teacher_precision: auto`:
+                 the teacher's encoder in bf16 where the hardware has native bf16; the JSON says which),
+  k6_fp32        k6 with the teacher entirely in float32 (`teacher_precision: 32`),
   k12_p3         comet with K=12 source tasks pruned to 3 active,
   k6_p3          comet with K=6 source tasks pruned to 3 active,
-  k6_bf16        k6 with the teacher under bf16 autocast (`teacher_precision: 16`),
-  k6_bf16_b25    k6_bf16 distilling on 25 of the 50 sequences (`distill_batch: 25`),
+  k6_b25         k6 distilling on 25 of the 50 sequences (`distill_batch: 25`),
 and reports each variant's time relative to plain (target for k6: <= 1.5 on a CPU) and k12_p3/k6_p3
 (target <= 1.1: after pruning the cost must not depend on K). Teachers are randomly initialised:
 timing does not depend on the weights. The pruned states are set directly with
@@ -24,10 +25,7 @@ Shape legend: B batch, T time, A action size.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -39,22 +37,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import tools  # noqa: E402
+from bench.common import emit, machine  # noqa: E402
 
 A = 4
-
-
-def machine() -> dict:
-    """CPU model, core count, torch version and the 1/5/15-min load averages at the time."""
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def make_batch(config, rng: np.random.Generator) -> dict:
@@ -113,8 +98,8 @@ VARIANTS = {
     "k6": (6, None, {}),
     "k12_p3": (12, 3, {}),
     "k6_p3": (6, 3, {}),
-    "k6_bf16": (6, None, {"teacher_precision": 16}),
-    "k6_bf16_b25": (6, None, {"teacher_precision": 16, "distill_batch": 25}),
+    "k6_fp32": (6, None, {"teacher_precision": 32}),
+    "k6_b25": (6, None, {"distill_batch": 25}),
 }
 
 
@@ -139,7 +124,7 @@ def main(argv=None) -> dict:
     agents = {name: build(config, k, active, device, 0, **extra) for name, (k, active, extra) in variants.items()}
     rng = np.random.default_rng(0)
     batches = [make_batch(config, rng) for _ in range(2)]
-    before = machine()
+    before = machine(device)
     times = {name: [] for name in variants}  # wall-clock seconds
     cpu = {name: [] for name in variants}  # process CPU seconds: what the update costs, whatever the load
     inside = {name: [] for name in variants}
@@ -167,7 +152,7 @@ def main(argv=None) -> dict:
         "config": {"batch_size": config["batch_size"], "batch_length": config["batch_length"], "size": config["size"],
                    "cnn_depth": config["cnn_depth"], "n_experts": config["n_experts"], "obs": config["obs"],
                    "device": str(device), "quick": args.quick},
-        "machine_before": before, "machine_after": machine(),
+        "machine_before": before, "machine_after": machine(device),
         "warmup": args.warmup, "updates": args.updates,
         "ratio_basis": "process CPU seconds" if device.type == "cpu" else "wall seconds",
         "update_wall_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
@@ -177,13 +162,11 @@ def main(argv=None) -> dict:
         "ratio_vs_plain": {k: round(v / median["plain"], 3) for k, v in median.items() if k != "plain"},
         "ratio_k12_pruned3_vs_k6_pruned3": (round(median["k12_p3"] / median["k6_p3"], 3)
                                             if {"k12_p3", "k6_p3"} <= set(median) else None),
+        "teacher_bf16": {k: timer.distiller.teacher_bf16(device) for k, (_, timer) in agents.items()
+                         if timer is not None},
         "targets": {"ratio_vs_plain k6": 1.5, "ratio_k12_pruned3_vs_k6_pruned3": 1.1},
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,17 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import tools  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
+from bench.common import emit, machine  # noqa: E402
 
 
 def random_batch(config, shapes: dict, seed: int = 0) -> dict:
@@ -131,17 +119,15 @@ def main(argv=None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()},
-              "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+    result = {"machine": machine()}
     start = time.time()
     result["pixel_paper"] = time_updates(["defaults", "metaworld"], args.pixel_updates)
     result["state_small"] = time_updates(["defaults", "metaworld", "metaworld_state"], args.state_updates)
     if args.loop_steps > 0:
         result["loop"] = loop_throughput(args.loop_steps, args.threads)
-    result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_avg_end"] = machine()["load_avg"]
     result["wall_s"] = round(time.time() - start, 1)
-    print(json.dumps(result, indent=2))
+    emit(result)
 
 
 if __name__ == "__main__":

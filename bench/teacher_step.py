@@ -12,10 +12,7 @@ Shape legend: B batch, T sequence length, K source tasks, N experts.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import platform
 import resource
 import statistics
 import sys
@@ -27,6 +24,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import tools  # noqa: E402
+from bench.common import emit, machine  # noqa: E402
 from models import ConvEncoder, OrthogonalMoEEncoder, TeacherWorldModel, compile_heavy  # noqa: E402
 
 A = 4
@@ -155,22 +153,6 @@ def task_view_cost(spec: dict, b: int, t: int, device, warmup: int, reps: int) -
             "speedup": per_view / once, "cpu_speedup": per_view_cpu / once_cpu}
 
 
-def machine(device) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": list(os.getloadavg())}
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -194,9 +176,8 @@ def main(argv=None) -> dict:
         out["paper_bf16_compile"] = update_rate(PAPER, device, warmup, reps, precision=16, compile_=True)
         out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    out["machine"]["load_average_end"] = list(os.getloadavg())
-    print(json.dumps(out, indent=1))
-    return out
+    out["load_avg_end"] = machine()["load_avg"]
+    return emit(out)
 
 
 if __name__ == "__main__":

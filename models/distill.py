@@ -26,7 +26,6 @@ Fs student feature size, U hidden units.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
@@ -96,8 +95,9 @@ class Distiller(nn.Module):
              reward head best predicts the target task's observed rewards (EMA of a softmax over
              the negative per-view reward errors); no projection, no trainable parameters.
 
-    Cost knobs (the teacher's forward dominates a distillation update): `teacher_precision: 16` runs
-    the teacher under bf16 autocast; `distill_batch: n` distils on the first n sequences only.
+    Cost knobs (the teacher's encoder dominates a distillation update): `teacher_precision` (auto:
+    bf16 encoder where the hardware has native bf16, 16: always, 32: never); `distill_batch: n`
+    distils on the first n sequences only.
     """
 
     def __init__(self, teacher: nn.Module, student_feat: int, config, logger=None, verbose: bool = True):
@@ -119,9 +119,10 @@ class Distiller(nn.Module):
         self.sample = bool(c["teacher_sample"])
         self.weight_fn = tools.schedule(c["distill_weight"])
         self.reward_coef = float(c["reward_distill_coef"])
-        precision = int(c.get("teacher_precision", 32))
-        assert precision in (16, 32), f"teacher_precision must be 16 or 32, got {precision}"
-        self.teacher_bf16 = precision == 16
+        self.teacher_precision = str(c.get("teacher_precision", "auto"))
+        if self.teacher_precision not in ("auto", "16", "32"):
+            raise DistillError(f"teacher_precision must be auto, 16 or 32, got '{self.teacher_precision}'")
+        self._bf16: dict[str, bool] = {}  # per device type, decided on first use
         self.distill_batch = int(c.get("distill_batch", 0))
         assert self.distill_batch >= 0, f"distill_batch must be >= 0, got {self.distill_batch}"
         self.conditional = bool(c["conditional_distill"]) and self.mode == "comet"
@@ -224,11 +225,24 @@ class Distiller(nn.Module):
         """Teacher posterior features of the student's batch under the given (default: active) views:
         (V, B, T, Ft). Experts run once; pruned views are not computed."""
         tasks = self.active_ids if tasks is None else list(tasks)
-        device = data["action"].device
-        precision = (torch.autocast(device.type, dtype=torch.bfloat16) if self.teacher_bf16
-                     else contextlib.nullcontext())
-        with precision:
-            return self.teacher.task_features(data, tasks, sample=self.sample).float()
+        bf16 = self.teacher_bf16(data["action"].device)
+        return self.teacher.task_features(data, tasks, sample=self.sample, encoder_bf16=bf16).float()
+
+    def teacher_bf16(self, device: torch.device) -> bool:
+        """Whether the teacher's encoder runs in bf16 on `device`: `teacher_precision` 16 always, 32 never,
+        auto where the hardware has native bf16 arithmetic (a CPU with AVX-512 BF16/AMX through oneDNN,
+        a CUDA GPU that supports it); elsewhere bf16 is emulated and would be slower than float32."""
+        if self.teacher_precision != "auto":
+            return self.teacher_precision == "16"
+        if device.type not in self._bf16:
+            if device.type == "cpu":
+                native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            elif device.type == "cuda":
+                native = bool(torch.cuda.is_bf16_supported())
+            else:
+                native = False
+            self._bf16[device.type] = native
+        return self._bf16[device.type]
 
     def project(self, x: torch.Tensor, tasks: Sequence[int] | None = None) -> torch.Tensor:
         """The projection for the views `tasks` (default: active): P(t_k, k) (V, B, T, Ft) -> (V, B, T, Fs);

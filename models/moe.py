@@ -217,7 +217,10 @@ class OrthogonalMoEEncoder(nn.Module):
 
     def experts(self, obs: dict) -> torch.Tensor:
         """Task-independent expert features, orthonormal per sample when `use_orthogonal`: (B, T, N, E)."""
-        h = self.expert_features(obs)
+        return self.orthogonalise(self.expert_features(obs))
+
+    def orthogonalise(self, h: torch.Tensor) -> torch.Tensor:
+        """Gram-Schmidt over the N experts of each sample (in float32) when `use_orthogonal`: (B, T, N, E)."""
         return gram_schmidt(h.float(), self.eps).to(h.dtype) if self.use_orthogonal else h
 
     def gate_weights(self, task) -> torch.Tensor:

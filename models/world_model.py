@@ -324,7 +324,7 @@ class TeacherWorldModel(_Base):
                                          task=task, sample=sample)
 
     def task_features(self, data: dict, tasks: Sequence[int], sample: bool = False,
-                      return_states: bool = False):
+                      return_states: bool = False, encoder_bf16: bool = False):
         """Posterior features (len(tasks), B, T, F) of one batch under each listed task view.
 
         The experts run once; the views are gated after and filtered together as one batch of
@@ -332,7 +332,10 @@ class TeacherWorldModel(_Base):
         heads, one-hot rows), so the cost follows len(tasks). Deterministic (posterior means) unless
         `sample`. Callers that do not
         train the teacher wrap this in torch.no_grad(). With `return_states`, also returns the
-        posterior state dict with leading (len(tasks), B, T).
+        posterior state dict with leading (len(tasks), B, T). `encoder_bf16` runs the encoder's
+        convolutions/MLPs under bf16 autocast (the dominant cost of a frozen teacher); the expert
+        orthogonalisation, the gates and the recurrent filtering stay float32, because rounding errors
+        would compound over the T filtering steps.
         """
         data = self.preprocess(data)
         tasks = [int(k) for k in tasks]
@@ -341,15 +344,21 @@ class TeacherWorldModel(_Base):
         action = data["action"]
         b, t = action.shape[:2]
         ids = TaskBlocks(tasks, b)  # view-major: sample v*B + i is sequence i under view tasks[v]
+        low = (torch.autocast(action.device.type, dtype=torch.bfloat16) if encoder_bf16
+               else contextlib.nullcontext())
         with self.autocast():
             if self.encoder_mode == "moe":
-                feats = self.encoder.experts(data)  # (B, T, N, E), once for all views
+                with low:
+                    feats = self.encoder.expert_features(data)  # (B, T, N, E), once for all views
+                feats = self.encoder.orthogonalise(feats.float())
                 embed = torch.stack([self.encoder.gate(feats, k) for k in tasks])  # (V, B, T, E)
                 embed = embed.reshape(v * b, t, -1)
             else:
                 tiled = {k: data[k].unsqueeze(0).expand(v, *data[k].shape).reshape(v * b, *data[k].shape[1:])
                          for k in self.obs_keys}
-                embed = self.encoder(tiled, ids)  # (V*B, T, E)
+                with low:
+                    embed = self.encoder(tiled, ids)  # (V*B, T, E)
+                embed = embed.float()
             rep = lambda x: x.unsqueeze(0).expand(v, *x.shape).reshape(v * b, *x.shape[1:])
             first = data.get("is_first")
             post, _ = self.dynamics.observe(embed, rep(action), None if first is None else rep(first),

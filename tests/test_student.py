@@ -115,6 +115,31 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
     assert checkpoint.load(logdir / "latest.pt")["step"] == 160
 
 
+@pytest.mark.timeout_hint(30)
+def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_superseded_rows(tmp_path, monkeypatch):
+    logdir = tmp_path / "run"
+    original = dreamer_distill.Trainer.train
+
+    def crash(self):
+        if self.step >= 140:
+            raise RuntimeError("simulated crash")
+        original(self)
+
+    flags = ["--steps", "160", "--log_every", "20", "--checkpoint_every", "80"]
+    monkeypatch.setattr(dreamer_distill.Trainer, "train", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(logdir, *flags)
+    assert checkpoint.load(logdir / "latest.pt")["step"] == 80
+    crashed = [r["step"] for r in train_records(logdir)]
+    assert max(crashed) > 80  # rows the resumed run will log again
+    monkeypatch.setattr(dreamer_distill.Trainer, "train", original)
+    assert run(logdir, *flags) == 0
+    steps = [r["step"] for r in train_records(logdir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 160, steps  # each step once, in order
+    superseded = [json.loads(line)["step"] for line in (logdir / "metrics.superseded.jsonl").read_text().splitlines()]
+    assert superseded and min(superseded) > 80 and set(crashed) - set(steps) <= set(superseded)
+
+
 # --- agent --------------------------------------------------------------------------------------------
 
 def tiny_agent(**overrides):

@@ -1,0 +1,41 @@
+"""What every benchmark reports besides its figures: the machine it ran on, and its JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else whatever the platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(device=None) -> dict:
+    """CPU, cores, torch version and threads, GPU (when `device` is CUDA) and the 1/5/15-min load averages
+    now: on a shared machine the load explains most of the spread between repeated runs."""
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    if device is not None and torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def emit(result: dict, out: str | os.PathLike = "") -> dict:
+    """Print `result` as indented JSON and, with `out`, write the same text there."""
+    text = json.dumps(result, indent=1)
+    print(text, flush=True)
+    if out:
+        pathlib.Path(out).write_text(text + "\n")
+    return result
