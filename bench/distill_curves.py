@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
 
 
 def plot(result: dict, path: str) -> None:
-    """Two panels: eval success (any step) and world-model loss, mean +- std over seeds per group."""
+    """Three panels: eval success (any step), world-model loss and its reward term; mean over seeds with
+    a band of +- one standard error of that mean (success bands clipped to [0, 1])."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,9 +109,13 @@ def plot(result: dict, path: str) -> None:
                 continue
             steps, mean, std = (np.array(group[key][k]) for k in ("steps", "mean", "std"))
             n = len(group[key]["per_seed"])
+            sem = std * np.sqrt(n / max(n - 1, 1)) / np.sqrt(n)  # std is the population std over seeds
+            low, high = mean - sem, mean + sem
+            if key.startswith("eval/success"):
+                low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
             ax.plot(steps, mean, label=f"{name} (n={n})")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set_title(title)
+            ax.fill_between(steps, low, high, alpha=0.2)
+        ax.set_title(title + " (mean ± s.e.)")
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
         ax.legend()
