@@ -11,6 +11,7 @@ import pathlib
 import logging
 import uuid
 import zipfile
+import zlib
 from typing import Iterable
 
 import numpy as np
@@ -42,6 +43,8 @@ def validate(episode: dict, name: str = "episode") -> dict:
         raise EpisodeError(f"{name}: missing keys {missing}")
     if not any(k in episode for k in OBS_KEYS):
         raise EpisodeError(f"{name}: no observation key (need 'image' and/or 'state')")
+    if np.ndim(episode["reward"]) != 1:
+        raise EpisodeError(f"{name}: 'reward' has shape {np.shape(episode['reward'])}, expected (L,)")
     length = len(episode["reward"])
     if length < 1:
         raise EpisodeError(f"{name}: empty episode")
@@ -104,7 +107,7 @@ def load_episode(path: str | os.PathLike) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             episode = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
         reason = str(err).split(".")[0] if str(err) else type(err).__name__
         raise EpisodeError(f"{path}: unreadable ({reason})") from None
     return validate(episode, str(path))

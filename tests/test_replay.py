@@ -59,6 +59,23 @@ def test_bad_files_are_skipped_with_one_line_each(tmp_path, caplog):
     assert all("\n" not in m for m in messages)
 
 
+def test_damaged_compressed_data_and_scalar_reward_are_skipped(tmp_path, caplog):
+    good = replay.save_episode(tmp_path, make_episode(40))
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # zeroed bytes inside a compressed member, header intact
+    (tmp_path / "damaged.npz").write_bytes(bytes(data))
+    scalar = make_episode(10)
+    scalar["reward"] = np.float32(1.0)
+    np.savez_compressed(tmp_path / "scalar_reward.npz", **scalar)
+    with caplog.at_level(logging.WARNING, logger="comet"):
+        episodes = replay.load_dir(tmp_path)
+    assert list(episodes) == [str(good)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and all("\n" not in m for m in messages), messages
+    assert any("damaged.npz" in m for m in messages) and any("scalar_reward.npz" in m for m in messages)
+
+
 def test_load_dir_filters_by_observation_key(tmp_path, caplog):
     replay.save_episode(tmp_path, make_episode(10, "state"))
     with caplog.at_level(logging.WARNING, logger="comet"):
