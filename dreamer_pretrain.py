@@ -188,16 +188,17 @@ def assign(params: list[torch.nn.Parameter], grads) -> None:
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
-def find_resume(logdir: pathlib.Path) -> pathlib.Path | None:
-    """The checkpoint in `logdir` with the highest step (teacher.pt or latest.pt), if any."""
-    best, best_step = None, -1
+def find_resume(logdir: pathlib.Path, device) -> tuple[pathlib.Path | None, dict | None]:
+    """The checkpoint in `logdir` with the highest step (teacher.pt or latest.pt) and its payload, loaded
+    once onto `device`; (None, None) if there is none."""
+    best, best_payload = None, None
     for name in ("latest.pt", "teacher.pt"):
         path = logdir / name
         if path.is_file():
-            step = int(checkpoint.load(path)["step"])
-            if step > best_step:
-                best, best_step = path, step
-    return best
+            payload = checkpoint.load(path, map_location=device)
+            if best_payload is None or int(payload["step"]) > int(best_payload["step"]):
+                best, best_payload = path, payload
+    return best, best_payload
 
 
 # --- main loop -----------------------------------------------------------------------------------
@@ -240,12 +241,11 @@ def main(argv=None) -> int:
     optimizer = opt_cls(model.parameters(), lr=config.model_lr, eps=config.model_eps, weight_decay=config.weight_decay)
 
     step = 0
-    resume_path = find_resume(logdir) if logdir.exists() else None
+    resume_path, payload = find_resume(logdir, device) if logdir.exists() else (None, None)
     if resume_path is not None:
         if not config.resume:
             raise PretrainError(f"{logdir} already holds {resume_path.name}; pass --resume True to continue "
                                 f"it or choose another --logdir")
-        payload = checkpoint.load(resume_path, map_location=device)
         bad = config_mismatches(payload["config"], config, TEACHER_ARCH_KEYS)
         if payload.get("act_dim") != act_dim:
             bad.append(f"act_dim: checkpoint {payload.get('act_dim')}, data {act_dim}")
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     total = config.pretrain_iterations
     generator = torch.Generator().manual_seed(config.seed)
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}  # per name: per-task values exist only on updates whose batch held the task
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=min(step, total), disable=not config.progress, desc="pretrain", dynamic_ncols=True)
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
         metrics["grad_norm"] = grad_norm
         for name, value in metrics.items():
             sums[name] = sums.get(name, 0.0) + value
-        count += 1
+            counts[name] = counts.get(name, 0) + 1
         bar.update(1)
         now = time.time()
         if now - last_time > 2.0 or step == total:
@@ -326,11 +326,11 @@ def main(argv=None) -> int:
         if step % config.log_every == 0 or step == total:
             # Per-task values average over the updates whose batch held that task.
             for name, value in sums.items():
-                logger.scalar(f"train/{name}", value / count)
+                logger.scalar(f"train/{name}", value / counts[name])
             logger.scalar("train/updates_per_sec", (step - log_step) / max(time.time() - log_time, 1e-9))
             log_diagnostics(model, diag, step, config, logger)
             logger.write(step)
-            sums, count = {}, 0
+            sums, counts = {}, {}
             log_time, log_step = time.time(), step  # the diagnostics' own time is not counted
         if step % config.checkpoint_every == 0 and step < total:
             save("latest.pt")

@@ -93,6 +93,14 @@ def test_pretrain_pcgrad_round_robin_label_cnn(tmp_path, sources):
         dreamer_pretrain.main(args(tmp_path / "x", sources, "--grad_surgery", "pcgrad", "--task_batching", "round_robin"))
 
 
+def test_per_task_metrics_average_over_the_updates_that_held_the_task(tmp_path, sources):
+    logdir = tmp_path / "robin"
+    assert dreamer_pretrain.main(args(logdir, sources, "--pretrain_iterations", "2", "--task_batching", "round_robin")) == 0
+    row = records(logdir)[0][-1]  # one reach-only and one drawer-close-only update in the window
+    per_task = sum(row[f"train/loss/{task}"] for task in TASKS)
+    assert per_task == pytest.approx(2 * row["train/model_loss"], rel=1e-5), (per_task, row["train/model_loss"])
+
+
 def test_pretrain_input_errors(tmp_path, sources):
     with pytest.raises(dreamer_pretrain.PretrainError, match="1 folders but source_tasks has 2"):
         dreamer_pretrain.main(args(tmp_path / "a", sources[:1]))
