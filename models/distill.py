@@ -321,13 +321,14 @@ class Distiller(nn.Module):
             err = (r_teacher - data["reward"].float().unsqueeze(0)).pow(2).mean((1, 2))  # (V,)
             relevance = torch.softmax(-err, 0)  # (V,)
             self._update_ema(relevance)
-            best = int(self.ema.argmax())  # fixed by the EMA, so one noisy batch does not switch views
-            target = r_teacher[self.active_ids.index(best)]  # (B, T)
+            # Fixed by the EMA (so one noisy batch does not switch views), over the active views only.
+            pos = self.ema[self._ids].argmax()
+            target = r_teacher[pos]  # (B, T)
         r_student = wm.predict_reward(s)  # (B, T)
         raw = self.reward_coef * F.mse_loss(r_student.float(), target)
         names = [f"distill/weight_{self.task_names[i]}" for i in self.active_ids]
         names += [f"distill/reward_err_{self.task_names[i]}" for i in self.active_ids] + ["distill/reward_view"]
-        return raw, names, list(relevance) + list(err) + [err.new_tensor(float(best))]
+        return raw, names, list(relevance) + list(err) + [self._ids[pos].to(err.dtype)]
 
     # --- pruning ------------------------------------------------------------------------------
 

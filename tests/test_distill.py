@@ -330,6 +330,16 @@ def test_reward_mode_matches_the_student_reward_to_the_most_relevant_teacher_vie
     assert any(p.grad is not None for p in wm.reward.parameters())
 
 
+def test_reward_mode_picks_its_view_among_the_active_ones():
+    _, teacher, wm, d = make_pair(3, mode="reward")
+    d.set_active([1, 2])
+    d.ema.copy_(torch.tensor([0.9, 0.02, 0.08]))  # the inactive task 0 has the highest EMA
+    data = wm.preprocess(make_batch())
+    _, _, post = wm.loss(data)
+    loss, metrics = d.loss(data, post, wm, 0)
+    assert int(metrics["distill/reward_view"]) in (1, 2) and torch.isfinite(loss)
+
+
 # --- loading and compatibility ------------------------------------------------------------------------
 
 def _save_teacher(path: pathlib.Path, config, teacher) -> pathlib.Path:
