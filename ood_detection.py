@@ -23,7 +23,7 @@ import tools
 from ood import report as report_io
 from ood import stats, summary
 from ood.detector import SCORES, Detector
-from ood.embed import Embeddings, embed_files, obs_keys_for
+from ood.embed import Embeddings, embed_files, require_obs_keys
 from ood.sources import (OODInputError, episode_files, resolve_task_dirs, select_tasks, split_fit_calib,
                          split_list, student_files)
 
@@ -64,17 +64,12 @@ def _check_settings(config) -> None:
 
 def _check_obs(files: Sequence[pathlib.Path], obs_mode: str, flag: str) -> None:
     """Fail fast on a dataset of the wrong observation type, reading only the first file's key list."""
-    keys = obs_keys_for(obs_mode)
     try:
         with np.load(files[0], allow_pickle=False) as data:
             have = set(data.files)
     except Exception:  # unreadable files are skipped (with a warning) when embedding
         return
-    absent = [k for k in keys if k not in have]
-    if absent:
-        present = [k for k in ("image", "state") if k in have]
-        raise OODInputError(f"{flag}: {files[0].parent} holds {present} episodes but the teacher was trained on "
-                            f"'{obs_mode}' observations (needs {list(keys)})")
+    require_obs_keys(have, obs_mode, f"{flag}: {files[0].parent}")
 
 
 def _embed(teacher, files, views, obs_mode, config, what: str, need: int = 1) -> Embeddings:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .moe import LabelCNNEncoder, OrthogonalMoEEncoder, gram_schmidt, mean_abs_cosine
+from .moe import LabelCNNEncoder, OrthogonalMoEEncoder, mean_abs_cosine
 from .networks import (MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, TaskBlocks, bernoulli_nll,
                        gaussian_entropy, unit_normal_nll)
 from .rssm import RSSM, balanced_kl
@@ -311,8 +311,6 @@ class TeacherWorldModel(_Base):
 
     def embed(self, data: dict, task) -> torch.Tensor:
         """Encoder output (B, T, E) of preprocessed observations under task ids `task`."""
-        if self.encoder_mode == "moe":
-            return self.encoder.gate(self.encoder.experts(data), task)
         return self.encoder(data, task)
 
     def observe(self, data: dict, task=None, sample: bool = True) -> tuple[dict, dict]:
@@ -392,7 +390,8 @@ class TeacherWorldModel(_Base):
         k = self.n_tasks
         count = torch.bincount(ids, minlength=k).float()  # (K,)
         per_task = lambda x: torch.zeros(k, device=x.device).index_add(0, ids, x.float().mean(1)) / count.clamp(min=1)
-        kl_k = balanced_kl(per_task(prior_kl), per_task(post_kl), c["kl_balance"], c["kl_free"])  # (K,)
+        prior_kl_k = per_task(prior_kl)  # (K,)
+        kl_k = balanced_kl(prior_kl_k, per_task(post_kl), c["kl_balance"], c["kl_free"])  # (K,)
         terms_k = {name: per_task(value) for name, value in terms.items()}  # name -> (K,)
         loss_k = self._weighted(kl_k, terms_k)
         share = count / b
@@ -402,7 +401,7 @@ class TeacherWorldModel(_Base):
         names = ["model_loss", "kl", "kl_value"] + list(terms)
         values = [weighted.sum(), (kl_k * share).sum(), prior_kl.mean()] + [v.mean() for v in terms.values()]
         table_names = ["loss", "kl", "kl_value"] + list(terms)
-        table = [loss_k, kl_k, per_task(prior_kl)] + list(terms_k.values())  # each (K,)
+        table = [loss_k, kl_k, prior_kl_k] + list(terms_k.values())  # each (K,)
         flat = torch.cat([torch.stack(values).detach().float(), torch.stack(table, 1).detach().float().reshape(-1),
                           count]).tolist()
         metrics = dict(zip(names, flat[: len(names)]))
@@ -438,7 +437,7 @@ class TeacherWorldModel(_Base):
         data = self.preprocess(data)
         with self.autocast():
             raw = self.encoder.expert_features(data).float()
-        out = gram_schmidt(raw, self.encoder.eps) if self.encoder.use_orthogonal else raw
+        out = self.encoder.orthogonalise(raw)
         return {"expert_cos": float(mean_abs_cosine(out)), "expert_cos_raw": float(mean_abs_cosine(raw))}
 
 

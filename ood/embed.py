@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 import replay
+from models.world_model import OBS_KEYS
 
 from .sources import OODInputError
 
 log = logging.getLogger(__name__)
 
-OBS_KEYS_BY_MODE = {"pixel": ("image",), "state": ("state",), "both": ("image", "state")}
 # Keys handed to the teacher besides the observation (the rest of the episode contract).
 _STEP_KEYS = ("action", "reward", "discount", "success", "is_first", "is_terminal")
 
@@ -51,13 +51,23 @@ class Embeddings:
 
 def obs_keys_for(obs_mode: str) -> tuple[str, ...]:
     """Observation keys a teacher trained with `obs: obs_mode` reads."""
-    if obs_mode not in OBS_KEYS_BY_MODE:
-        raise OODInputError(f"teacher config has unknown obs mode '{obs_mode}'; expected one of {sorted(OBS_KEYS_BY_MODE)}")
-    return OBS_KEYS_BY_MODE[obs_mode]
+    if obs_mode not in OBS_KEYS:
+        raise OODInputError(f"teacher config has unknown obs mode '{obs_mode}'; expected one of {sorted(OBS_KEYS)}")
+    return OBS_KEYS[obs_mode]
 
 
-def _load(paths: Sequence[pathlib.Path], obs_keys: Sequence[str], obs_mode: str,
-          skipped: list[str]) -> list[tuple[pathlib.Path, dict]]:
+def require_obs_keys(have: Iterable[str], obs_mode: str, where: str) -> None:
+    """Raise OODInputError unless data with keys `have` (named `where` in the message) holds every
+    observation a teacher trained with `obs: obs_mode` reads."""
+    keys = obs_keys_for(obs_mode)
+    have = set(have)
+    if any(k not in have for k in keys):
+        present = [k for k in ("image", "state") if k in have]
+        raise OODInputError(f"{where} holds {present} observations but the teacher was trained on "
+                            f"'{obs_mode}' observations (needs {list(keys)})")
+
+
+def _load(paths: Sequence[pathlib.Path], obs_mode: str, skipped: list[str]) -> list[tuple[pathlib.Path, dict]]:
     episodes = []
     for path in paths:
         try:
@@ -67,11 +77,7 @@ def _load(paths: Sequence[pathlib.Path], obs_keys: Sequence[str], obs_mode: str,
             log.warning("skipping episode %s", err)
             skipped.append(str(path))
             continue
-        absent = [k for k in obs_keys if k not in episode]
-        if absent:
-            have = [k for k in ("image", "state") if k in episode]
-            raise OODInputError(f"{path}: episode has {have} observations but the teacher was trained on "
-                                f"'{obs_mode}' observations (needs {list(obs_keys)})")
+        require_obs_keys(episode, obs_mode, f"{path}: episode")
         if replay.episode_length(episode) < 2:
             log.warning("skipping episode %s: only the reset observation, nothing to average", path)
             skipped.append(str(path))
@@ -128,7 +134,7 @@ def embed_files(teacher, paths: Iterable[pathlib.Path], views: Sequence[int], ob
         teacher.eval()
     try:
         for start in range(0, len(paths), batch_size):
-            episodes = _load(paths[start:start + batch_size], obs_keys, obs_mode, skipped)
+            episodes = _load(paths[start:start + batch_size], obs_mode, skipped)
             if not episodes:
                 continue
             keys = list(obs_keys) + [k for k in _STEP_KEYS if k in episodes[0][1]]

@@ -96,21 +96,27 @@ def test_missing_logdir_is_an_error(capsys):
     assert "--logdir" in capsys.readouterr().err
 
 
+def stop_training_at(monkeypatch, step: int, error: BaseException):
+    """Make the loop raise `error` once it reaches env step `step`; returns the undo for the next run."""
+    original = dreamer_distill.Trainer.train
+
+    def stopping(self):
+        if self.step >= step:
+            raise error
+        original(self)
+
+    monkeypatch.setattr(dreamer_distill.Trainer, "train", stopping)
+    return lambda: monkeypatch.setattr(dreamer_distill.Trainer, "train", original)
+
+
 @pytest.mark.timeout_hint(30)
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
     logdir = tmp_path / "run"
-    original = dreamer_distill.Trainer.train
-
-    def interrupted(self):
-        if self.step >= 100:
-            raise KeyboardInterrupt
-        original(self)
-
-    monkeypatch.setattr(dreamer_distill.Trainer, "train", interrupted)
+    undo = stop_training_at(monkeypatch, 100, KeyboardInterrupt())
     assert run(logdir, "--steps", "160") == 130
     saved = checkpoint.load(logdir / "latest.pt")
     assert saved["step"] == 100
-    monkeypatch.setattr(dreamer_distill.Trainer, "train", original)
+    undo()
     assert run(logdir, "--steps", "160") == 0
     assert checkpoint.load(logdir / "latest.pt")["step"] == 160
 
@@ -118,21 +124,14 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
 @pytest.mark.timeout_hint(30)
 def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_superseded_rows(tmp_path, monkeypatch):
     logdir = tmp_path / "run"
-    original = dreamer_distill.Trainer.train
-
-    def crash(self):
-        if self.step >= 140:
-            raise RuntimeError("simulated crash")
-        original(self)
-
     flags = ["--steps", "160", "--log_every", "20", "--checkpoint_every", "80"]
-    monkeypatch.setattr(dreamer_distill.Trainer, "train", crash)
+    undo = stop_training_at(monkeypatch, 140, RuntimeError("simulated crash"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(logdir, *flags)
     assert checkpoint.load(logdir / "latest.pt")["step"] == 80
     crashed = [r["step"] for r in train_records(logdir)]
     assert max(crashed) > 80  # rows the resumed run will log again
-    monkeypatch.setattr(dreamer_distill.Trainer, "train", original)
+    undo()
     assert run(logdir, *flags) == 0
     steps = [r["step"] for r in train_records(logdir)]
     assert steps == sorted(set(steps)) and steps[-1] == 160, steps  # each step once, in order
