@@ -253,15 +253,25 @@ def build_manifest(directory: pathlib.Path, settings: dict, records: dict[int, d
 def known_records(directory: pathlib.Path, manifest: dict | None, files: dict[int, pathlib.Path],
                   seed: int, env_name: str) -> dict[int, dict]:
     """Records of the episodes already on disk: from the manifest, or recomputed from the file when the
-    manifest lacks them (a run stopped between saving an episode and writing the manifest)."""
+    manifest lacks them (a run stopped between saving an episode and writing the manifest).
+
+    An unlisted file that does not load is renamed to `<name>.bad` (kept for inspection, one warning line)
+    and removed from `files`, so that its episode is collected again."""
     listed = {r["index"]: r for r in (manifest or {}).get("episode_records", [])}
     records = {}
-    for index, path in files.items():
+    for index, path in list(files.items()):
         if index in listed and listed[index]["file"] == path.name:
             records[index] = listed[index]
-        else:
+            continue
+        try:
             episode = replay.load_episode(path)
-            records[index] = episode_record(index, path, episode_seeds(seed, env_name, index)[0], episode)
+        except replay.EpisodeError as err:
+            path.rename(path.with_name(path.name + ".bad"))
+            print(f"warning: {err}; moved it to {path.name}.bad and will collect episode {index} again",
+                  file=sys.stderr)
+            del files[index]
+            continue
+        records[index] = episode_record(index, path, episode_seeds(seed, env_name, index)[0], episode)
     return records
 
 

@@ -86,6 +86,20 @@ def test_resume_adds_only_missing_and_is_deterministic(tmp_path):
     assert len(list(folder.glob("*.npz"))) == 3
 
 
+def test_a_damaged_unlisted_episode_is_set_aside_and_collected_again(tmp_path, capsys):
+    collect(tmp_path, tasks="metaworld_drawer_close", episodes=2, seed=3)
+    folder = tmp_path / "drawer_close"
+    (folder / collect_data.MANIFEST).unlink()  # as if the run stopped before writing its manifest
+    victim = sorted(folder.glob("*.npz"))[1]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    manifests = collect(tmp_path, tasks="metaworld_drawer_close", episodes=2, seed=3)
+    assert "will collect episode 1 again" in capsys.readouterr().err
+    assert (folder / (victim.name + ".bad")).is_file()  # kept, not deleted
+    assert manifests["metaworld_drawer_close"]["episodes"] == 2
+    assert len(replay.load_dir(folder)) == 2
+
+
 def test_bad_flags_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         collect(tmp_path, tasks="metaworld_not_a_task")
