@@ -242,6 +242,7 @@ class Trainer:
         self.replay = Replay(load_dir(self.train_dir, keys=self.obs_keys), c.batch_size, c.batch_length,
                              seed=c.seed, capacity=c.dataset_size)
         self.action_rng = np.random.default_rng([c.seed, 1])
+        self.video_rng = np.random.default_rng([c.seed, 2])  # videos must not move the training batches
         self.step, self.episodes, self.last_eval, self.last_success = 0, 0, 0, float("nan")
         if payload is not None:
             self.agent.load_state_dict(payload["agent"])
@@ -330,7 +331,7 @@ class Trainer:
         if episode is not None:
             self.logger.video("eval/policy", episode["image"])
         if "image" in self.obs_keys and self.replay.can_sample():
-            batch = {k: v[:4] for k, v in self.replay.sample().items()}
+            batch = self.replay.sample(batch=4, rng=self.video_rng)
             self.logger.video("train/open_loop", self.agent.wm.open_loop(batch, self.config.open_loop_context))
 
     # --- loop -----------------------------------------------------------------------------------------

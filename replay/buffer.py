@@ -96,8 +96,11 @@ class Replay:
         _, starts = self._index()
         return len(starts) > 0 and starts[-1] > 0
 
-    def sample(self) -> dict[str, np.ndarray]:
-        """One batch of windows, (B, T, ...) per key, uniform over all valid window starts."""
+    def sample(self, batch: int | None = None, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """One batch of windows, (B, T, ...) per key, uniform over all valid window starts.
+
+        `batch` (default: the configured B) and `rng` (default: the replay's own generator) let a caller
+        draw a few windows, e.g. for a video, without copying a full batch or moving the training stream."""
         episodes, starts = self._index()
         total = int(starts[-1]) if len(starts) else 0
         if total == 0:
@@ -105,14 +108,11 @@ class Replay:
             raise NotEnoughData(
                 f"no episode is long enough for batch_length {self.length}: {len(episodes)} episodes, "
                 f"longest has {longest} entries; lower --batch_length or collect longer episodes")
-        flat = self._rng.integers(0, total, size=self.batch)
+        flat = (self._rng if rng is None else rng).integers(0, total, size=self.batch if batch is None else batch)
         which = np.searchsorted(starts, flat, side="right")  # (B,)
         offset = flat - np.concatenate([[0], starts])[which]  # (B,)
         keys = episodes[which[0]].keys()
-        batch = {}
-        for key in keys:
-            batch[key] = np.stack([episodes[e][key][o:o + self.length] for e, o in zip(which, offset)])
-        return batch
+        return {key: np.stack([episodes[e][key][o:o + self.length] for e, o in zip(which, offset)]) for key in keys}
 
     def dataset(self):
         """Endless iterator of batches."""

@@ -88,6 +88,15 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         replay.load_dir(tmp_path / "nope")
 
 
+def test_a_small_side_sample_leaves_the_training_stream_unchanged():
+    episodes = [make_episode(n, seed=n) for n in (30, 12)]
+    a, b = (replay.Replay(episodes, batch=7, length=10, seed=0) for _ in range(2))
+    side = a.sample(batch=4, rng=np.random.default_rng(1))
+    assert side["state"].shape == (4, 10, 39)
+    for _ in range(3):
+        np.testing.assert_array_equal(a.sample()["state"], b.sample()["state"])
+
+
 def test_sample_shapes_and_windows_inside_episodes():
     episodes = [make_episode(n, seed=n) for n in (30, 12, 5)]
     buffer = replay.Replay(episodes, batch=7, length=10, seed=0)
