@@ -10,7 +10,8 @@ after prefill, `pretrain + train_steps * floor((step - prefill) / train_every)` 
 
 Writes to --logdir: config.yaml, train_eps/ and eval_eps/ (one .npz per episode, SPEC.md format),
 metrics.jsonl + TensorBoard events, latest.pt (atomic, every checkpoint_every env steps and on Ctrl-C).
-Running the same command again resumes from latest.pt with the replay rebuilt from train_eps/.
+Running the same command again resumes from latest.pt with the replay rebuilt from train_eps/ (episodes saved
+after that checkpoint are moved to train_eps/superseded/, since the resumed run collects those steps again).
 With --use_distill True the teacher guides the student's world model through `build_distiller`.
 """
 from __future__ import annotations
@@ -199,6 +200,22 @@ def due(step: int, previous: int, every: int) -> bool:
 
 # --- main loop -----------------------------------------------------------------------------------------
 
+def set_aside_later_episodes(train_dir: pathlib.Path, episodes: int) -> None:
+    """Move training episodes saved after the checkpoint (the first `episodes` files, in name = creation
+    order, are the checkpoint's) to `train_dir/superseded/`: the resumed run collects those env steps
+    again, so keeping them would give the replay more data than its step counter says."""
+    from replay import episode_files
+
+    later = episode_files(train_dir)[episodes:]
+    if not later:
+        return
+    aside = train_dir / "superseded"
+    aside.mkdir(exist_ok=True)
+    for path in later:
+        path.rename(aside / path.name)
+    print(f"moved {len(later)} episode(s) saved after the checkpoint to {aside}", flush=True)
+
+
 class Trainer:
     """Owns the envs, replay, agent and logger of one run; `run()` trains until `steps` env steps."""
 
@@ -239,6 +256,8 @@ class Trainer:
         self.train_dir, self.eval_dir = self.logdir / "train_eps", self.logdir / "eval_eps"
         self.train_dir.mkdir(parents=True, exist_ok=True)
         self.eval_dir.mkdir(parents=True, exist_ok=True)
+        if payload is not None:
+            set_aside_later_episodes(self.train_dir, int(payload["episodes"]))
         self.replay = Replay(load_dir(self.train_dir, keys=self.obs_keys), c.batch_size, c.batch_length,
                              seed=c.seed, capacity=c.dataset_size)
         self.action_rng = np.random.default_rng([c.seed, 1])

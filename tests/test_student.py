@@ -137,6 +137,9 @@ def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_superseded_rows(
     assert steps == sorted(set(steps)) and steps[-1] == 160, steps  # each step once, in order
     superseded = [json.loads(line)["step"] for line in (logdir / "metrics.superseded.jsonl").read_text().splitlines()]
     assert superseded and min(superseded) > 80 and set(crashed) - set(steps) <= set(superseded)
+    # The episode finished at step 120 before the crash is set aside: the replay matches the step counter.
+    assert len(replay.load_dir(logdir / "train_eps")) == 4  # 160 env steps / 40 per episode
+    assert len(replay.load_dir(logdir / "train_eps" / "superseded")) == 1
 
 
 # --- agent --------------------------------------------------------------------------------------------
