@@ -8,6 +8,8 @@ Shape legend: n envs, B batch, T time, A action size, F feature size.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -116,19 +118,22 @@ class Agent:
             self.distill_opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(wm.parameters(), c["model_grad_clip"])
-        metrics["model_grad_norm"] = float(norm)
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm))
+        checks = [loss.detach().float(), norm.float()]
         if self.distill_opt is not None:
-            dnorm = nn.utils.clip_grad_norm_(self.distill_opt.param_groups[0]["params"], c["model_grad_clip"])
-            metrics["distill_grad_norm"] = float(dnorm)
-            finite = finite and bool(torch.isfinite(dnorm))
+            checks.append(nn.utils.clip_grad_norm_(self.distill_opt.param_groups[0]["params"],
+                                                   c["model_grad_clip"]).float())
+        checks = torch.stack(checks).tolist()  # one device sync for all the finiteness checks
+        loss_value, metrics["model_grad_norm"] = checks[:2]
+        if self.distill_opt is not None:
+            metrics["distill_grad_norm"] = checks[2]
+        finite = all(math.isfinite(x) for x in checks)
         metrics["model_skipped"] = float(not finite)
         if not finite:
             self._nonfinite += 1
             if self._nonfinite >= MAX_NONFINITE:
                 raise FloatingPointError(
                     f"world-model loss or gradient non-finite for {self._nonfinite} updates in a row (update "
-                    f"{self.updates}, loss {float(loss.detach())}, grad norm {float(norm)}); the model diverged: lower "
+                    f"{self.updates}, loss {loss_value}, grad norm {metrics['model_grad_norm']}); the model diverged: lower "
                     f"--model_lr or check the data (rewards, observations) for NaN/inf")
             self.wm_opt.zero_grad(set_to_none=True)
             if self.distill_opt is not None:

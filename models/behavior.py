@@ -294,7 +294,7 @@ class Behavior(nn.Module):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(module.parameters(), clip)
-        if torch.isfinite(norm) and torch.isfinite(loss):
+        if torch.isfinite(torch.stack([norm.float(), loss.detach().float()])).all():  # one device sync
             opt.step()
         opt.zero_grad(set_to_none=True)
         return norm
