@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import uuid
 
 import torch
+
+from fileio import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -16,17 +17,8 @@ class CheckpointError(RuntimeError):
 
 def save(path: str | os.PathLike, payload: dict) -> pathlib.Path:
     """Write `payload` to `path` via a temp file and rename, so an interrupted save never leaves a torn file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **payload}
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:6]}.tmp"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -28,6 +28,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 
 import envs  # noqa: E402
+from fileio import atomic_write  # noqa: E402
 import replay  # noqa: E402
 import tools  # noqa: E402
 
@@ -202,11 +203,8 @@ def read_manifest(directory: pathlib.Path) -> dict | None:
 
 def write_manifest(directory: pathlib.Path, manifest: dict) -> pathlib.Path:
     """Atomic write (temp file + rename), like the episodes."""
-    path = directory / MANIFEST
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = (json.dumps(manifest, indent=2) + "\n").encode()
+    return atomic_write(directory / MANIFEST, lambda f: f.write(text))
 
 
 def task_settings(task: str, args: argparse.Namespace, settings: dict) -> dict:

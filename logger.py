@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from fileio import atomic_write
+
 
 class Logger:
     """Collects values between `write(step)` calls; one JSON line per write, so `metrics.jsonl` mirrors TensorBoard.
@@ -60,9 +62,8 @@ class Logger:
             return
         with open(self.logdir / "metrics.superseded.jsonl", "a") as f:
             f.writelines(later)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(keep))
-        tmp.replace(path)
+        text = "".join(keep).encode()
+        atomic_write(path, lambda f: f.write(text))
 
     def scalar(self, name: str, value) -> None:
         self._scalars[name] = float(value)

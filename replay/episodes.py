@@ -5,7 +5,6 @@ Legend: L episode length (policy steps + 1; entry 0 is the reset observation), A
 from __future__ import annotations
 
 import datetime
-import io
 import os
 import pathlib
 import logging
@@ -15,6 +14,8 @@ import zlib
 from typing import Iterable
 
 import numpy as np
+
+from fileio import atomic_write
 
 # key -> (dtype, trailing shape or None when any trailing shape is allowed)
 SCHEMA = {
@@ -89,16 +90,7 @@ def save_episode(directory: str | os.PathLike, episode: dict, filename: str | No
     directory.mkdir(parents=True, exist_ok=True)
     episode = validate(episode, filename or "episode")
     filename = filename or episode_name(length=episode_length(episode))
-    path = directory / filename
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **episode)
-    tmp = directory / f".{filename}.{uuid.uuid4().hex[:6]}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(directory / filename, lambda f: np.savez_compressed(f, **episode))
 
 
 def load_episode(path: str | os.PathLike) -> dict:
