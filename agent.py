@@ -30,9 +30,9 @@ def obs_shapes(obs_space) -> dict | None:
 
 
 class Agent:
-    """Student agent. `distiller` (optional) must offer `loss(data, post, wm, step) -> (loss, metrics)`,
-    `parameters()` and `state_dict()/load_state_dict()`; its trainable parameters get one Adam of their
-    own. It is never called while acting."""
+    """Student agent. `distiller` (optional) is a distillation method (`methods.Method`): any of its hooks
+    `world_model_loss`, `actor_loss`, `critic_loss` that is not None joins that loss; its trainable
+    parameters get one Adam of their own. It is never called while acting."""
 
     def __init__(self, config, obs_space, act_dim: int, device, distiller=None):
         c = config
@@ -109,8 +109,9 @@ class Agent:
         wm = self.wm
         data = wm.preprocess(batch)
         loss, metrics, post = wm.loss(data)
-        if self.distiller is not None:
-            distill_loss, distill_metrics = self.distiller.loss(data, post, wm, step)
+        wm_hook = getattr(self.distiller, "world_model_loss", None)
+        if wm_hook is not None:
+            distill_loss, distill_metrics = wm_hook(data, post, wm, step)
             loss = loss + distill_loss
             metrics.update(distill_metrics)
         self.wm_opt.zero_grad(set_to_none=True)
@@ -145,9 +146,21 @@ class Agent:
         if self.distill_opt is not None:
             self.distill_opt.step()
         self.wm_opt.zero_grad(set_to_none=True)
-        metrics.update(self.behavior.train_step(wm, {k: v.detach() for k, v in post.items()}, step))
+        post = {k: v.detach() for k, v in post.items()}
+        metrics.update(self.behavior.train_step(wm, post, step, **self.behavior_hooks(data, post, step)))
         self.updates += 1
         return metrics
+
+    def behavior_hooks(self, data: dict, post: dict, step: int) -> dict:
+        """The distiller's actor/critic hooks bound to this batch: {'actor_extra': fn(actor) -> (loss, metrics),
+        'critic_extra': fn(critic) -> ...} for the hooks it defines; nothing for the others."""
+        hooks = {}
+        for kind in ("actor", "critic"):
+            hook = getattr(self.distiller, f"{kind}_loss", None)
+            if hook is not None:
+                feat = self.wm.dynamics.get_feat(post)  # (B, T, F), detached posterior of the real batch
+                hooks[f"{kind}_extra"] = lambda module, hook=hook, feat=feat: hook(data, feat, module, step)
+        return hooks
 
     # --- checkpoint -----------------------------------------------------------------------------------
 

@@ -39,15 +39,17 @@ class UsageError(RuntimeError):
 # --- distillation ------------------------------------------------------------------------------------
 
 def build_distiller(config, agent, device):
-    """The distiller for --use_distill True: the frozen teacher from `teacher_model_path` (rebuilt from
-    its own stored config, weights loaded strictly) wrapped in `models.distill.Distiller`.
+    """The distillation method `distill_mode` for --use_distill True (`methods.build_method`): the frozen
+    teacher from `teacher_model_path` (rebuilt from its own stored config, weights loaded strictly) and
+    the behaviour teachers stored with it.
 
     Every way the teacher can fail to fit this run (missing or foreign file, observation type, encoder
-    mode vs `distill_mode`, sizes) is a UsageError saying what to change, raised before any env starts.
-    Pruning events are queued until the loop sets `distiller.logger`.
+    mode or behaviour teachers vs `distill_mode`, sizes) is a UsageError saying what to change, raised
+    before any env starts. Pruning events are queued until the loop sets `distiller.logger`.
     """
     import checkpoint
-    from models.distill import DistillError, Distiller, check_compatible as check_teacher
+    import methods
+    from methods import behaviour
     from models.teacher_io import load_teacher
 
     path = str(config["teacher_model_path"] or "").strip()
@@ -58,13 +60,19 @@ def build_distiller(config, agent, device):
         raise UsageError(f"--teacher_model_path {path}: no such file (pretrain a teacher with dreamer_pretrain.py "
                          f"and pass its teacher.pt)")
     try:
+        method = methods.method_class(config["distill_mode"])
+    except methods.MethodError as err:
+        raise UsageError(f"--distill_mode: {err}") from None
+    try:
         teacher, meta = load_teacher(pathlib.Path(path).expanduser(), device)
+        teachers = behaviour.load(meta, path, device)
     except checkpoint.CheckpointError as err:
         raise UsageError(f"--teacher_model_path: {err}") from None
     try:
-        check_teacher(config, teacher, agent.wm.obs_shapes, agent.act_dim)
-        distiller = Distiller(teacher, agent.wm.feat_size, config)
-    except DistillError as err:
+        methods.check_compatible(config, teacher, agent.wm.obs_shapes, agent.act_dim, method)
+        behaviour.check_compatible(teachers, agent.act_dim, agent.wm.obs_shapes, method.needs)
+        distiller = methods.build_method(config, teacher, agent.wm.feat_size, teachers)
+    except (methods.MethodError, behaviour.BehaviourError) as err:
         raise UsageError(f"--teacher_model_path {path}: {err}") from None
     print(f"distilling from {path} ({meta['encoder_mode']} teacher, step {meta['step']}, source tasks "
           f"{', '.join(meta['source_tasks'])}; mode {config['distill_mode']})", flush=True)
@@ -270,6 +278,13 @@ class Trainer:
             set_rng_state(payload["rng"], self.action_rng, self.replay)
             print(f"resuming {self.logdir} at env step {self.step} ({self.agent.updates} updates, "
                   f"{self.replay.num_episodes} episodes in replay)", flush=True)
+        if getattr(self.agent.distiller, "warmup_due", 0):  # an offline warm start before the online phase
+            from methods import MethodError
+
+            try:
+                self.agent.distiller.warmup(self.agent, self.agent.distiller.source_batches(c))
+            except MethodError as err:
+                raise UsageError(str(err)) from None
         self.logger = logger_lib.Logger(self.logdir, resume_step=self.step if payload is not None else None)
         if self.agent.distiller is not None and hasattr(self.agent.distiller, "logger"):
             self.agent.distiller.logger = self.logger  # pruning events go to metrics.jsonl

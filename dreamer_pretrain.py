@@ -25,6 +25,7 @@ import checkpoint
 import replay
 import tools
 from logger import Logger
+from methods import behaviour
 from models import TEACHER_ARCH_KEYS, TeacherWorldModel, compile_heavy, config_mismatches, teacher_payload
 from models.world_model import OBS_KEYS
 
@@ -273,8 +274,12 @@ def main(argv=None) -> int:
                  source_task_dirs=list(config.source_task_dirs), encoder_mode=config.teacher_encoder_mode,
                  moe_temperature=config.moe_temperature, resumed_from=str(resume_path) if resume_path else None)
 
+    teachers = None  # behaviour teachers, fitted after the world model
+
     def save(name: str) -> None:
         extra = {"batcher": batcher.state(), "diag_batcher": diag.state(), "torch_rng": torch.get_rng_state()}
+        if teachers is not None:
+            extra["behaviour"] = behaviour.payload(teachers)
         checkpoint.save(logdir / name, teacher_payload(model, optimizer, step, config, extra))
 
     total = config.pretrain_iterations
@@ -335,6 +340,9 @@ def main(argv=None) -> int:
         if step % config.checkpoint_every == 0 and step < total:
             save("latest.pt")
     bar.close()
+    # Behaviour teachers read the raw state, not the world model: fitted once it is done (cheap, seeded).
+    teachers = behaviour.fit(config, config.source_tasks, config.source_task_dirs, device,
+                             log=lambda line: print(line, file=sys.stderr))
     save("teacher.pt")
     logger.event("pretrain_done", step=step, path=str(logdir / "teacher.pt"))
     logger.close()
@@ -388,6 +396,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (PretrainError, tools.ConfigError, checkpoint.CheckpointError, replay.NotEnoughData,
-            FloatingPointError) as err:
+            FloatingPointError, behaviour.BehaviourError) as err:
         print(f"dreamer_pretrain: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -90,7 +90,7 @@ def fit_probe(wm, batches: list[dict], ridge: float = 1e-2):
 
 def run(config, train, held, weight: float, seed: int, teacher_path: str, updates: int, eval_every: int) -> dict:
     """Train one student world model on `train` with distillation weight `weight`; return its curves."""
-    from models.distill import Distiller
+    from methods import build_method
     from models.teacher_io import load_teacher
     from models.world_model import WorldModel
     from replay import Replay
@@ -101,7 +101,7 @@ def run(config, train, held, weight: float, seed: int, teacher_path: str, update
     distiller, dopt = None, None
     if weight > 0:
         teacher, _ = load_teacher(teacher_path, "cpu")
-        distiller = Distiller(teacher, wm.feat_size, {**config, "distill_weight": str(weight)}, verbose=False)
+        distiller = build_method({**config, "distill_weight": str(weight)}, teacher, wm.feat_size, verbose=False)
         dopt = torch.optim.Adam(distiller.parameters(), lr=config["model_lr"], eps=config["model_eps"])
     replay = Replay(train, config["batch_size"], config["batch_length"], seed=seed)
     held_batches = windows(held, config["batch_length"])  # the same held-out windows for every run
@@ -120,7 +120,7 @@ def run(config, train, held, weight: float, seed: int, teacher_path: str, update
         data = wm.preprocess(replay.sample())
         loss, _, post = wm.loss(data)
         if distiller is not None:
-            extra, _ = distiller.loss(data, post, wm, update)
+            extra, _ = distiller.world_model_loss(data, post, wm, update)
             loss = loss + extra
             dopt.zero_grad(set_to_none=True)
         opt.zero_grad(set_to_none=True)

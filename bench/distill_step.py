@@ -62,8 +62,8 @@ class TimedDistiller:
 
     def __init__(self, distiller):
         self.distiller, self.seconds = distiller, 0.0
-        self._loss = distiller.loss
-        distiller.loss = self._timed
+        self._loss = distiller.world_model_loss
+        distiller.world_model_loss = self._timed
 
     def _timed(self, *args, **kwargs):
         start = time.process_time()
@@ -76,7 +76,7 @@ def build(config, k: int | None, active: int | None, device, seed: int, **overri
     """Agent with no distiller (k None) or with a random K-task comet teacher restricted to `active`
     views; `overrides` are distillation config keys (teacher_precision, distill_batch)."""
     from agent import Agent
-    from models.distill import Distiller
+    from methods import build_method
     from models.world_model import TeacherWorldModel
 
     torch.manual_seed(seed)
@@ -85,7 +85,7 @@ def build(config, k: int | None, active: int | None, device, seed: int, **overri
     if k is not None:
         tconfig = {**config, "source_tasks": [f"metaworld_task{i}" for i in range(k)], "teacher_encoder_mode": "moe"}
         teacher = TeacherWorldModel(tconfig, A).to(device).eval()
-        distiller = Distiller(teacher, agent.wm.feat_size, {**config, "prune_every": 0, **overrides}, verbose=False)
+        distiller = build_method({**config, "prune_every": 0, **overrides}, teacher, agent.wm.feat_size, verbose=False)
         if active is not None:
             distiller.set_active(list(range(active)))
         agent.attach_distiller(distiller)

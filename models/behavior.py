@@ -249,8 +249,11 @@ class Behavior(nn.Module):
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0).detach()
         return target, weight, reward, value
 
-    def train_step(self, wm, start: dict, step: int) -> dict:
-        """One actor and one critic update from posterior states `start` (B, T, ...). Returns metrics."""
+    def train_step(self, wm, start: dict, step: int, actor_extra=None, critic_extra=None) -> dict:
+        """One actor and one critic update from posterior states `start` (B, T, ...). Returns metrics.
+
+        `actor_extra(actor)` / `critic_extra(critic)` -> (loss, metrics), when given, add a term to that
+        loss (a distillation method's hooks)."""
         c = self.config
         start = {k: v.detach() for k, v in start.items()}
         mode = c["imag_gradient"]
@@ -270,10 +273,17 @@ class Behavior(nn.Module):
                     objective = mix * reinforce + (1.0 - mix) * target
             ent_scale = self.entropy_scale(step)
             actor_loss = -(weight * (objective + ent_scale * entropy)).mean()
+        extra_metrics = {}
+        if actor_extra is not None:
+            extra, extra_metrics = actor_extra(self.actor)
+            actor_loss = actor_loss + extra
         actor_norm = self._update(self.actor_opt, self.actor, actor_loss, c["actor_grad_clip"])
 
         value = self.critic(feats[:-1].detach())  # (Hz, M)
         critic_loss = (weight * 0.5 * (value - target.detach()) ** 2).mean()
+        if critic_extra is not None:
+            extra, more = critic_extra(self.critic)
+            critic_loss, extra_metrics = critic_loss + extra, {**extra_metrics, **more}
         critic_norm = self._update(self.critic_opt, self.critic, critic_loss, c["critic_grad_clip"])
         self._update_slow_critic()
 
@@ -285,6 +295,7 @@ class Behavior(nn.Module):
         }
         metrics = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
         metrics["actor_entropy_scale"] = ent_scale
+        metrics.update(extra_metrics)
         return metrics
 
     @staticmethod

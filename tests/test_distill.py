@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
 import tools
-from models.distill import DistillError, Distiller, check_compatible
+from methods import MethodError, build_method, check_compatible
 from models.teacher_io import teacher_payload
 from models.world_model import TeacherWorldModel, WorldModel
 
@@ -57,12 +57,12 @@ def make_pair(k: int, *extra: str, mode: str = "comet", teacher_mode: str = "moe
     config = make_config("--distill_mode", mode, *extra)
     torch.manual_seed(seed + 1)
     wm = WorldModel(config, A)
-    return config, teacher, wm, Distiller(teacher, wm.feat_size, config, verbose=False)
+    return config, teacher, wm, build_method(config, teacher, wm.feat_size, verbose=False)
 
 
-def run_update(distiller: Distiller, wm: WorldModel, data: dict, step: int = 0):
+def run_update(distiller, wm: WorldModel, data: dict, step: int = 0):
     _, _, post = wm.loss(data)
-    return distiller.loss(data, post, wm, step)
+    return distiller.world_model_loss(data, post, wm, step)
 
 
 # --- shapes --------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_teacher_and_student_sizes_may_differ_and_unconditioned_variants():
             _, teacher = make_teacher(3, "label_cnn", dyn_deter=24, dyn_stoch=6)
         wm = WorldModel(config, A)
         assert wm.feat_size != teacher.feat_size
-        d = Distiller(teacher, wm.feat_size, config, verbose=False)
+        d = build_method(config, teacher, wm.feat_size, verbose=False)
         assert isinstance(d.proj, torch.nn.Linear) == (kind == "linear")
         loss, metrics = run_update(d, wm, wm.preprocess(make_batch()))
         assert loss.shape == () and torch.isfinite(loss), metrics
@@ -113,16 +113,16 @@ def test_loss_value_matches_the_formula_and_schedule():
         t = d.teacher_features(data)
         p, w = d.project(t), d.weights(t, s)
         expect = (torch.clamp(w, min=0.2) * (p - s).pow(2).sum(-1) / wm.feat_size).mean((1, 2)).sum()
-    loss, metrics = d.loss(data, post, wm, 0)
+    loss, metrics = d.world_model_loss(data, post, wm, 0)
     assert metrics["distill/scale"] == pytest.approx(2.0)
     torch.testing.assert_close(loss, 2.0 * expect)
     assert metrics["distill/loss"] == pytest.approx(float(expect), rel=1e-5)
     for _ in range(3):
-        d.loss(data, post, wm, 0)
+        d.world_model_loss(data, post, wm, 0)
     calls = []
     original = d.teacher.task_features
     d.teacher.task_features = lambda *a, **k: calls.append(1) or original(*a, **k)
-    loss, metrics = d.loss(data, post, wm, 0)
+    loss, metrics = d.world_model_loss(data, post, wm, 0)
     assert metrics["distill/scale"] == pytest.approx(0.0)  # linear(2,0,4) after 4 updates
     assert float(loss) == 0.0 and not calls  # a weight of zero does not run the teacher
 
@@ -151,7 +151,7 @@ def test_teacher_precision_auto_follows_native_bf16_support():
     for value, want in (("auto", native), ("16", True), ("32", False)):
         _, _, _, d = make_pair(2, "--teacher_precision", value)
         assert d.teacher_bf16(cpu) is want, value
-    with pytest.raises(DistillError, match="teacher_precision must be auto, 16 or 32"):
+    with pytest.raises(MethodError, match="teacher_precision must be auto, 16 or 32"):
         make_pair(2, "--teacher_precision", "8")
 
 
@@ -244,7 +244,7 @@ def test_cost_after_pruning_is_set_by_min_active_tasks_not_k():
         assert len(d.active_ids) == 2
         _, _, post = wm.loss(data)
         with FlopCounterMode(display=False) as counter:
-            d.loss(data, post, wm, 0)
+            d.world_model_loss(data, post, wm, 0)
         flops[k] = counter.get_total_flops()
     assert flops[6] == flops[2], (f"a distillation update of a K=6 teacher pruned to 2 views costs {flops[6]} FLOPs, "
                                   f"a K=2 teacher {flops[2]}: something task-specific still runs for pruned views "
@@ -257,7 +257,7 @@ def test_pruning_state_resumes_from_state_dict():
     for step in range(3):
         run_update(d, wm, data, step)
     state = d.state_dict()
-    fresh = Distiller(teacher, wm.feat_size, config, verbose=False)
+    fresh = build_method(config, teacher, wm.feat_size, verbose=False)
     fresh.load_state_dict(state)
     assert fresh.active_ids == d.active_ids and len(fresh.active_ids) == 3
     assert fresh.n_updates == d.n_updates == 3
@@ -266,8 +266,8 @@ def test_pruning_state_resumes_from_state_dict():
     run_update(d, wm, data, 3)
     assert fresh.active_ids == d.active_ids and len(d.active_ids) == 2  # both prune at update 4
     _, other = make_teacher(5)
-    with pytest.raises(DistillError, match="same teacher"):
-        Distiller(other, wm.feat_size, config, verbose=False).load_state_dict(state, strict=False)
+    with pytest.raises(MethodError, match="same teacher"):
+        build_method(config, other, wm.feat_size, verbose=False).load_state_dict(state, strict=False)
 
 
 # --- learning ------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def fit_distill_loss(wm, d, data, updates: int = 60) -> tuple[list[float], bool]
     values, reached = [], False
     for step in range(updates):
         _, _, post = wm.loss(data)
-        loss, metrics = d.loss(data, post, wm, step)
+        loss, metrics = d.world_model_loss(data, post, wm, step)
         opt.zero_grad()
         loss.backward()
         if step == 0:
@@ -308,8 +308,8 @@ def test_student_to_teacher_direction_predicts_teacher_features_from_the_student
     values, reached = fit_distill_loss(wm, d, data)
     assert reached
     assert values[-1] < 0.5 * values[0], values[::10]
-    with pytest.raises(DistillError, match="distill_direction"):
-        Distiller(teacher, wm.feat_size, make_config("--distill_direction", "sideways"), verbose=False)
+    with pytest.raises(MethodError, match="distill_direction"):
+        build_method(make_config("--distill_direction", "sideways"), teacher, wm.feat_size, verbose=False)
 
 
 def test_reward_mode_matches_the_student_reward_to_the_most_relevant_teacher_view():
@@ -317,7 +317,7 @@ def test_reward_mode_matches_the_student_reward_to_the_most_relevant_teacher_vie
     assert list(d.parameters()) == []
     data = wm.preprocess(make_batch())
     _, _, post = wm.loss(data)
-    loss, metrics = d.loss(data, post, wm, 0)
+    loss, metrics = d.world_model_loss(data, post, wm, 0)
     with torch.no_grad():
         t = teacher.task_features(data, [0, 1, 2])
         r = teacher.predict_reward(t, torch.arange(3))
@@ -336,7 +336,7 @@ def test_reward_mode_picks_its_view_among_the_active_ones():
     d.ema.copy_(torch.tensor([0.9, 0.02, 0.08]))  # the inactive task 0 has the highest EMA
     data = wm.preprocess(make_batch())
     _, _, post = wm.loss(data)
-    loss, metrics = d.loss(data, post, wm, 0)
+    loss, metrics = d.world_model_loss(data, post, wm, 0)
     assert int(metrics["distill/reward_view"]) in (1, 2) and torch.isfinite(loss)
 
 
@@ -400,7 +400,7 @@ def test_pixel_teacher_with_state_student_is_rejected_at_build_time(tmp_path):
     # A student with both observations can use the pixel teacher.
     both = make_config("--obs", "both", "--use_distill", "True", "--teacher_model_path", str(path))
     check_compatible(both, teacher, {"image": (64, 64, 3), "state": (39,)}, A)
-    with pytest.raises(DistillError, match="shape"):
+    with pytest.raises(MethodError, match="shape"):
         check_compatible(both, teacher, {"image": (32, 32, 3), "state": (39,)}, A)
 
 
