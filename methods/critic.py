@@ -40,18 +40,18 @@ class Critic(BehaviourMethod):
         return self.run_update(lambda: self._ascend(data, feat, actor, task), feat, step)
 
     def _ascend(self, data, feat, actor, task):
-        state, ids, w, names, values = self.views(data, task)
+        state, ids, w, labels, names, values = self.views(data, task)
         mine = actor(feat).mode()  # (B, T, A)
         action = mine.unsqueeze(0).expand(state.shape[0], *mine.shape)  # (V, B, T, A)
         q = self.behaviour.critic(state, action, ids).mean((1, 2))  # (V,), gradients reach the action only
         raw = -(w * q).sum()
-        names = names + [f"distill/teacher_q_{self.task_names[i]}" for i in self.active_ids][:len(q)]
-        return raw, names, values + list(q.detach())
+        return raw, names + [f"distill/teacher_q_{label}" for label in labels], values + list(q.detach())
 
     def _value_regression(self, data: dict, feat: torch.Tensor, critic, step: int, task=None, coef=None):
         """0.5 * mean (V_S(s_t) - Q_T(o_t, a_t, k))^2 over the views (weights w), a_t the action the data
         took in state t (`action[t + 1]`), so the last position of each window has none."""
-        state, ids, w, _, _ = self.views(data, task) if task is not None else self._views_no_ema(data)
+        # The actor hook of the same update already moved the relevance EMA with this batch.
+        state, ids, w, *_ = self.views(data, task, relevance=False)
         taken = data["action"][:, 1:]  # (B, T-1, A)
         with torch.no_grad():
             target = self.behaviour.critic(state[:, :, :-1], taken.unsqueeze(0).expand(state.shape[0], *taken.shape),
@@ -60,13 +60,6 @@ class Critic(BehaviourMethod):
         loss = (w * 0.5 * (value.unsqueeze(0) - target).pow(2).mean((1, 2))).sum()
         scale = self.value_coef if coef is None else coef
         return scale * loss, {"distill/critic_value_loss": float(loss.detach())}
-
-    def _views_no_ema(self, data):
-        """The current view weights without moving the EMA (the actor hook of the same update moved it)."""
-        state = data["state"]
-        w = self.ema[self._ids]
-        v = len(self.active_ids)
-        return state.unsqueeze(0).expand(v, *state.shape), self._ids, w / w.sum().clamp_min(1e-12), [], []
 
     # --- offline warm start --------------------------------------------------------------------------
 

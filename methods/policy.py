@@ -30,22 +30,28 @@ class BehaviourMethod(TeacherMethod):
                                   f"teacher file has none; pretrain it with --teacher_{kind}_steps N (e.g. 3000), "
                                   f"or pick another --distill_mode")
 
-    def views(self, data: dict, task: torch.Tensor | None):
-        """(state (V, B, T, Ds) or (1, B, T, Ds), task ids for the behaviour nets, view weights (V,), metric
-        names and values). With `task` (B,) each sequence uses its own source task (source data)."""
+    def views(self, data: dict, task: torch.Tensor | None = None, relevance: bool = True):
+        """The states the behaviour teachers read and how the views are weighted: (state (V, B, T, Ds), task
+        ids for the behaviour nets, weights (V,), view labels, metric names and values). With `task` (B,)
+        each sequence is read under its own source task (source data: V = 1, weight 1). Otherwise the views
+        are the active tasks, weighted by the relevance EMA renormalised over them; `relevance` moves the
+        EMA with this batch first (once per update)."""
         if STATE not in data:
             raise MethodError(f"distill_mode '{self.name}' reads the raw '{STATE}' of the student's batch; run the "
                               f"student with --obs state or --obs both")
         state = data[STATE]  # (B, T, Ds)
         if task is not None:
-            return state.unsqueeze(0), task.unsqueeze(0), state.new_ones(1), [], []
-        _, err, relevance = self.reward_relevance(data)  # moves the EMA
+            return state.unsqueeze(0), task.unsqueeze(0), state.new_ones(1), ["source"], [], []
+        names, values = [], []
+        if relevance:
+            _, err, batch_w = self.reward_relevance(data)  # moves the EMA
+            names = [f"distill/weight_{self.task_names[i]}" for i in self.active_ids]
+            names += [f"distill/reward_err_{self.task_names[i]}" for i in self.active_ids]
+            values = list(batch_w) + list(err)
         w = self.ema[self._ids]
         w = w / w.sum().clamp_min(1e-12)  # (V,)
-        names = [f"distill/weight_{self.task_names[i]}" for i in self.active_ids]
-        names += [f"distill/reward_err_{self.task_names[i]}" for i in self.active_ids]
         v = len(self.active_ids)
-        return state.unsqueeze(0).expand(v, *state.shape), self._ids, w, names, list(relevance) + list(err)
+        return state.unsqueeze(0).expand(v, *state.shape), self._ids, w, self.active_tasks, names, values
 
 
 class Policy(BehaviourMethod):
@@ -60,12 +66,11 @@ class Policy(BehaviourMethod):
         return self.run_update(lambda: self._imitation(data, feat, actor, task), feat, step)
 
     def _imitation(self, data, feat, actor, task):
-        state, ids, w, names, values = self.views(data, task)
+        state, ids, w, labels, names, values = self.views(data, task)
         with torch.no_grad():
             target = self.behaviour.actor(state, ids)  # (V, B, T, A)
         mine = actor(feat).mode()  # (B, T, A)
         assert mine.shape == target.shape[1:], (tuple(mine.shape), tuple(target.shape))
         dist = (mine.unsqueeze(0) - target).pow(2).mean(-1).mean((1, 2))  # (V,)
         raw = (torch.clamp(w, min=self.floor) * dist).sum()
-        names = names + [f"distill/action_err_{self.task_names[i]}" for i in self.active_ids][:len(dist)]
-        return raw, names, values + list(dist.detach())
+        return raw, names + [f"distill/action_err_{label}" for label in labels], values + list(dist.detach())

@@ -72,10 +72,11 @@ def test_unknown_distill_mode_is_one_line_naming_the_known_ones(tmp_path, capsys
 
 # --- hooks ---------------------------------------------------------------------------------------------
 
-def _actor_grads(agent, data, post, step=0) -> list[torch.Tensor]:
-    """The actor's gradient in one behavior update with the agent's hooks (recorded as it is computed)."""
+def _grads(agent, module, data, post, step=0) -> list[torch.Tensor]:
+    """The gradients of `module` (the agent's actor or critic) in one behavior update with the agent's
+    hooks, recorded as they are computed (the update zeroes .grad after stepping)."""
     grads = []
-    handles = [p.register_hook(lambda g: grads.append(g.clone()) or g) for p in agent.behavior.actor.parameters()]
+    handles = [p.register_hook(lambda g: grads.append(g.clone()) or g) for p in module.parameters()]
     torch.manual_seed(123)
     agent.behavior.train_step(agent.wm, post, step, **agent.behavior_hooks(data, post, step))
     for h in handles:
@@ -83,39 +84,59 @@ def _actor_grads(agent, data, post, step=0) -> list[torch.Tensor]:
     return grads
 
 
-def test_a_method_without_an_actor_hook_changes_no_actor_gradient(source):
+def _same_agents(source, modes: dict):
+    """Agents with identical weights and optimizer states: 'plain' (no method) and one per {label: flags}."""
     from agent import Agent
 
-    cfg = config("--source_tasks", TASKS, "--distill_mode", "comet")
+    cfg = config("--source_tasks", TASKS)
     torch.manual_seed(0)
     teacher = TeacherWorldModel(cfg, A).eval()
-    teachers = behaviour.BehaviourTeachers(actor=behaviour.fit_actor(source["train"], 5, units=16))
+    teachers = behaviour.BehaviourTeachers(actor=behaviour.fit_actor(source["train"], 5, units=16),
+                                           critic=behaviour.fit_critic(source["train"], 5, 0.99, units=16))
     agents = {}
-    for name in ("plain", "comet", "policy"):
+    for name, flags in {"plain": None, **modes}.items():
         torch.manual_seed(1)
         agents[name] = Agent(cfg, {"state": (39,)}, A, "cpu")
-        if name != "plain":
-            mode = config("--source_tasks", TASKS, "--distill_mode", name, "--policy_coef", "1.0")
+        if flags is not None:
+            mode = config("--source_tasks", TASKS, *flags)
             agents[name].attach_distiller(methods.build_method(mode, teacher, agents[name].wm.feat_size, teachers))
     state = agents["plain"].state_dict()
-    for a in agents.values():  # identical weights and optimizer states
+    for a in agents.values():
         a.wm.load_state_dict(state["wm"])
         a.behavior.load_state_dict(state["behavior"])
         a.behavior.load_optimizer_state(state["optimizers"])
     rng = np.random.default_rng(0)
-    batch = {"state": rng.normal(size=(4, 8, 39)).astype(np.float32), "action": rng.uniform(-1, 1, (4, 8, A)).astype(np.float32),
+    batch = {"state": rng.normal(size=(4, 8, 39)).astype(np.float32),
+             "action": rng.uniform(-1, 1, (4, 8, A)).astype(np.float32),
              "reward": rng.uniform(0, 1, (4, 8)).astype(np.float32), "discount": np.ones((4, 8), np.float32),
              "is_first": np.zeros((4, 8), bool)}
     wm = agents["plain"].wm
     data = wm.preprocess(batch)
     with torch.no_grad():
         _, _, post = wm.loss(data)
-    grads = {name: _actor_grads(a, data, post) for name, a in agents.items()}
+    return agents, data, post
+
+
+def test_a_method_without_an_actor_hook_changes_no_actor_gradient(source):
+    agents, data, post = _same_agents(source, {"comet": ["--distill_mode", "comet"],
+                                               "policy": ["--distill_mode", "policy", "--policy_coef", "1.0"]})
+    grads = {name: _grads(a, a.behavior.actor, data, post) for name, a in agents.items()}
     assert agents["comet"].behavior_hooks(data, post, 0) == {}
     assert len(grads["plain"]) == len(grads["comet"]) > 0
-    for g, h in zip(grads["plain"], grads["comet"]):
-        assert torch.equal(g, h)
+    assert all(torch.equal(g, h) for g, h in zip(grads["plain"], grads["comet"]))
     assert any(not torch.allclose(g, h) for g, h in zip(grads["plain"], grads["policy"]))
+
+
+def test_the_critic_hook_exists_only_with_a_weight_and_is_the_only_one_to_reach_the_critic(source):
+    agents, data, post = _same_agents(source, {
+        "actor_only": ["--distill_mode", "critic"],
+        "with_value": ["--distill_mode", "critic", "--critic_value_coef", "1.0"]})
+    assert set(agents["actor_only"].behavior_hooks(data, post, 0)) == {"actor_extra"}
+    assert set(agents["with_value"].behavior_hooks(data, post, 0)) == {"actor_extra", "critic_extra"}
+    grads = {name: _grads(a, a.behavior.critic, data, post) for name, a in agents.items()}
+    # The actor hook changes the actor's step, not the critic's gradient in the same update.
+    assert all(torch.equal(g, h) for g, h in zip(grads["plain"], grads["actor_only"]))
+    assert any(not torch.allclose(g, h) for g, h in zip(grads["plain"], grads["with_value"]))
 
 
 # --- behaviour teachers --------------------------------------------------------------------------------
