@@ -14,10 +14,10 @@ Measures the student's full update (`Agent.train`: world model + distiller + beh
 and reports each variant's time relative to plain (target for k6: <= 1.5 on a CPU) and k12_p3/k6_p3
 (target <= 1.1: after pruning the cost must not depend on K). Teachers are randomly initialised:
 timing does not depend on the weights. The pruned states are set directly with
-`Distiller.set_active` (the same state pruning reaches). The variants are timed round-robin after a
+`TeacherMethod.set_active` (the same state pruning reaches). The variants are timed round-robin after a
 warm-up, so a change of machine load hits all of them alike; medians are reported. On a CPU the ratios
 use process CPU time (one torch thread), which a shared machine's load barely changes, while wall time
-swings with it; both are printed. Time spent inside `Distiller.loss` (mostly the teacher's forward
+swings with it; both are printed. Time spent inside `world_model_loss` (mostly the teacher's forward
 pass) is reported separately.
 
 Shape legend: B batch, T time, A action size.
