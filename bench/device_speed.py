@@ -70,26 +70,27 @@ def build_student(config, k: int | None, device: torch.device, mode: str):
 
 
 def student_update(blocks: list[str], k: int | None, device: torch.device, mode: str, warmup: int,
-                   reps: int) -> dict:
+                   reps: int, overrides: list[str] = ()) -> dict:
     """Seconds per full student update (`Agent.train`: world model [+ distiller] + behavior); k None is a
     plain Dreamer student, k > 0 a comet student distilling from K source tasks, all active."""
-    config = student_config(blocks, device, mode)
+    config = student_config(blocks, device, mode, overrides)
     reset_peak(device)
     start = time.perf_counter()
     agent = build_student(config, k, device, mode)
     batch = distill_step.make_batch(config, np.random.default_rng(0))
     step = iter(range(10 ** 9))
     seconds = teacher_step.timed(lambda: agent.train(batch, next(step)), device, warmup, reps)
-    return {"sec_per_update": seconds, "updates_per_sec": 1.0 / seconds, "k": k, "mode": mode,
+    return {"sec_per_update": seconds, "cpu_sec_per_update": teacher_step.cpu_median(),
+            "updates_per_sec": 1.0 / seconds, "k": k, "mode": mode,
             "batch": [config.batch_size, config.batch_length], "size": list(config.size),
             "cnn_depth": config.cnn_depth, "warmup": warmup, "timed": reps, "peak_gpu_gib": peak_gib(device),
             "wall_s_incl_warmup": round(time.perf_counter() - start, 2)}
 
 
 @torch.no_grad()
-def policy_latency(blocks: list[str], device: torch.device, mode: str, reps: int) -> dict:
+def policy_latency(blocks: list[str], device: torch.device, mode: str, reps: int, overrides: list[str] = ()) -> dict:
     """Wall seconds of one policy step for one env (numpy frame in, numpy action out), median of `reps`."""
-    config = student_config(blocks, device, mode)
+    config = student_config(blocks, device, mode, overrides)
     agent = build_student(config, None, device, mode)
     rng = np.random.default_rng(0)
     obs = {"image": rng.integers(0, 256, (1, *config.size, 3), dtype=np.uint8), "is_first": np.array([True])}
