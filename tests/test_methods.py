@@ -260,3 +260,10 @@ def test_consolidation_evaluates_the_teacher_actor_and_the_experts_in_the_real_e
         assert 0.0 <= r["actor"]["success_any"] <= 1.0
     assert any(r["expert"]["return"] > 0 for r in results.values())
     assert "metaworld_push" in capsys.readouterr().out
+
+
+def test_behaviour_teachers_on_pixel_only_data_are_one_clear_error():
+    episode = {"image": np.zeros((3, 64, 64, 3), np.uint8), "action": np.zeros((3, A), np.float32),
+               "reward": np.zeros(3, np.float32), "discount": np.ones(3, np.float32)}
+    with pytest.raises(behaviour.BehaviourError, match="--obs state or --obs both"):
+        behaviour.task_transitions({"ep": episode}, "metaworld_reach", "data/reach")
