@@ -96,7 +96,7 @@ def test_bf16_autocast_and_compile_agree_with_float32(cuda_device):
         loss, model = teacher_loss(cuda_device, precision, compile_)
         assert torch.isfinite(loss), (precision, compile_, loss)
         # bf16 keeps ~3 significant digits; at initialisation the loss is dominated by the image term.
-        assert abs(loss.item() - reference.item()) <= 0.02 * abs(reference.item()), (loss.item(), reference.item())
+        assert abs(loss.item() - reference.item()) <= 0.05 * abs(reference.item()), (loss.item(), reference.item())
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     config = pixel_config(cuda_device, precision=16)
