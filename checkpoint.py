@@ -6,12 +6,13 @@ import pathlib
 
 import torch
 
+from cli import UsageError
 from fileio import atomic_write
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError, RuntimeError):
     """A checkpoint that cannot be read or does not fit; the message names the file and the reason."""
 
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 import collect_data  # noqa: E402
 import envs  # noqa: E402
-import tools  # noqa: E402
+import configs  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 
 
@@ -114,7 +114,7 @@ def collect_seconds(task: str, episodes: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
-            collect_data.main(["--tasks", task, "--episodes", str(episodes), "--obs", "pixel", "--noise", "0.1",
+            collect_data.run(["--tasks", task, "--episodes", str(episodes), "--obs", "pixel", "--noise", "0.1",
                                "--workers", str(workers), "--out", out, "--progress", "False"])
         seconds = time.perf_counter() - start
     return {"episodes": episodes, "workers": workers, "seconds": round(seconds, 1),
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--collect_workers", default="1,2", help="comma list of --workers values to time")
     parser.add_argument("--parts", default="vecenv,frame,collect", help="which measurements to run")
     args = parser.parse_args(argv)
-    config = tools.load_config(["--obs", "pixel"])
+    config = configs.load_config(["--obs", "pixel"])
     result = {"machine": machine(), "mujoco_gl": envs.select_gl_backend(config.mujoco_gl), "task": args.task,
               "settings": {k: config[k] for k in ("size", "action_repeat", "time_limit", "camera", "render_fast")}}
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import tools  # noqa: E402
+import configs  # noqa: E402
 from bench import distill_step, teacher_step  # noqa: E402
 
 A = 4
@@ -53,7 +53,7 @@ def teacher_update(spec: dict, device: torch.device, mode: str, warmup: int, rep
 
 def student_config(blocks: list[str], device: torch.device, mode: str, overrides: list[str] = ()):
     precision, _ = MODES[mode]
-    return tools.load_config(["--configs", *blocks, "--device", str(device), "--precision", str(precision),
+    return configs.load_config(["--configs", *blocks, "--device", str(device), "--precision", str(precision),
                               *overrides])
 
 
@@ -108,21 +108,21 @@ def policy_latency(blocks: list[str], device: torch.device, mode: str, reps: int
 
 def pixel_loop(blocks: list[str], device: torch.device, mode: str, prefill: int, steps: int,
                extra: list[str] = ()) -> dict:
-    """Env steps/s of the real student loop (`dreamer_distill.Trainer`) on pixels, from its own fps log:
+    """Env steps/s of the real student loop (`training.student.Trainer`) on pixels, from its own fps log:
     random prefill, then acting + training every `train_every` env steps; rendering included."""
     import os
 
-    import dreamer_distill
+    from training.student import Trainer
 
     log_every = max(steps // 4, 10)
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["--configs", *blocks, "--logdir", tmp, "--device", str(device), "--progress", "False",
-                "--precision", str(MODES[mode][0]), "--prefill", str(prefill), "--pretrain", "0",
+                "--precision", str(MODES[mode][0]), "--prefill", str(prefill), "--prefill_updates", "0",
                 "--steps", str(prefill + steps), "--log_every", str(log_every), "--eval_every", "0",
                 "--checkpoint_every", "0", *extra]
-        config = tools.load_config(argv)
+        config = configs.load_config(argv)
         start = time.perf_counter()
-        trainer = dreamer_distill.Trainer(config)
+        trainer = Trainer(config)
         try:
             trainer.run()
         finally:

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import tools  # noqa: E402
+import configs  # noqa: E402
+import runtime  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 
 
@@ -95,7 +96,7 @@ def run(config, train, held, weight: float, seed: int, teacher_path: str, update
     from models.world_model import WorldModel
     from replay import Replay
 
-    tools.set_seed(seed)
+    runtime.set_seed(seed)
     wm = WorldModel(config, 4)
     opt = torch.optim.Adam(wm.parameters(), lr=config["model_lr"], eps=config["model_eps"])
     distiller, dopt = None, None
@@ -146,7 +147,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="")
     args, rest = parser.parse_known_args(argv)
     torch.set_num_threads(1)
-    config = tools.load_config(rest)
+    config = configs.load_config(rest)
     train, held = split_episodes(args.data, args.held_out, seed=0)
     runs = [run(config, train, held, float(w), int(s), args.teacher, args.updates, args.eval_every)
             for w in args.weights.split(",") for s in args.seeds.split(",")]

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import tools  # noqa: E402
+import configs  # noqa: E402
+import runtime  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 
 A = 4
@@ -115,8 +116,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     blocks = ["defaults", "metaworld"] + (["debug"] if args.quick else [])
-    config = tools.load_config(["--configs", *blocks, "--device", args.device])
-    device = tools.get_device(args.device)
+    config = configs.load_config(["--configs", *blocks, "--device", args.device])
+    device = runtime.get_device(args.device)
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
     assert not unknown and "plain" in names, f"variants must include plain and come from {list(VARIANTS)}: {unknown}"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import tools  # noqa: E402
+import configs  # noqa: E402
 from bench import device_speed  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 
@@ -67,7 +67,7 @@ def teacher_spec(config, k: int) -> dict:
 def candidate(name: str, reps: int, steps: int, env_cost: float) -> dict:
     overrides, k = CANDIDATES[name]
     cpu = torch.device("cpu")
-    config = tools.load_config(["--configs", *BLOCKS, *overrides])
+    config = configs.load_config(["--configs", *BLOCKS, *overrides])
     plain = device_speed.student_update(BLOCKS, None, cpu, "fp32", 1, reps, overrides)
     distill = device_speed.student_update(BLOCKS, k, cpu, "fp32", 1, reps, overrides)
     teacher = device_speed.teacher_update(teacher_spec(config, k), cpu, "fp32", 1, reps)
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     unknown = sorted(set(names) - set(CANDIDATES))
     if unknown:
         parser.error(f"--only: unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
-    config = tools.load_config(["--configs", *BLOCKS])
+    config = configs.load_config(["--configs", *BLOCKS])
     result = {"machine": machine(), "threads": args.threads}
     result["env_step_cpu_s"] = round(env_step_cost(config, 300), 5)
     result["candidates"] = {n: candidate(n, args.reps, args.steps, result["env_step_cpu_s"]) for n in names}

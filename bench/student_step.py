@@ -5,7 +5,7 @@
 * updates/s of `Agent.train` (world model + behavior, no distillation) at the paper pixel config
   (batch 50x50, 64x64 images, cnn_depth 32) and at the `metaworld_state` config, on random batches
   (cost does not depend on the values); the split between world model and behavior is reported too;
-* env steps/s of the real training loop (`dreamer_distill.Trainer`, metaworld_state, reach): random
+* env steps/s of the real training loop (`training.student.Trainer`, metaworld_state, reach): random
   prefill, and with the agent acting and training at the config's train_every.
 
 Timings are medians over the measured updates after one warm-up update. CPU load is sampled before and
@@ -29,7 +29,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import tools  # noqa: E402
+import configs  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def time_updates(blocks: list[str], updates: int) -> dict:
     from agent import Agent
     from models.world_model import obs_shapes_from
 
-    config = tools.load_config(["--configs", *blocks])
+    config = configs.load_config(["--configs", *blocks])
     shapes = obs_shapes_from(config)
     agent = Agent(config, shapes, 4, "cpu")
     batch = random_batch(config, shapes)
@@ -83,16 +83,16 @@ def time_updates(blocks: list[str], updates: int) -> dict:
 
 def loop_throughput(steps: int, threads: int) -> dict:
     """Env steps/s of the real loop on reach (metaworld_state): prefill, then acting + training."""
-    import dreamer_distill
+    from training.student import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         prefill = 1200
         argv = ["--configs", "defaults", "metaworld", "metaworld_state", "--task", "metaworld_reach",
-                "--logdir", tmp, "--progress", "False", "--prefill", str(prefill), "--pretrain", "0",
+                "--logdir", tmp, "--progress", "False", "--prefill", str(prefill), "--prefill_updates", "0",
                 "--steps", str(prefill + steps), "--log_every", "600", "--eval_every", "0",
                 "--eval_episodes", "1", "--checkpoint_every", "0", "--threads", str(threads)]
-        config = tools.load_config(argv)
-        trainer = dreamer_distill.Trainer(config)
+        config = configs.load_config(argv)
+        trainer = Trainer(config)
         try:
             trainer.run()
         finally:

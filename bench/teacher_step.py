@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import tools  # noqa: E402
+import configs  # noqa: E402
+import runtime  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 from models import ConvEncoder, OrthogonalMoEEncoder, TeacherWorldModel, compile_heavy  # noqa: E402
 
@@ -34,7 +35,7 @@ SMALL = dict(k=3, n=3, batch_size=8, batch_length=16, cnn_depth=8, dyn_stoch=16,
 
 
 def make_config(spec: dict, precision: int = 32):
-    config = tools.load_config(["--configs", "defaults", "metaworld"])
+    config = configs.load_config(["--configs", "defaults", "metaworld"])
     spec = dict(spec)
     k, n = spec.pop("k"), spec.pop("n")
     config.update(spec)
@@ -161,7 +162,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--small_reps", type=int, default=10)
     parser.add_argument("--skip_paper", action="store_true", help="small config and ratios only")
     args = parser.parse_args(argv)
-    device = tools.get_device(args.device)
+    device = runtime.get_device(args.device)
     out = {"device": str(device), "machine": machine(device)}
     out["small"] = update_rate(SMALL, device, max(args.warmup, 2), args.small_reps)
     out["encoder_small_batch"] = encoder_cost(6, 6, 8, 16, 32, device, 2, 5)

@@ -27,7 +27,7 @@ ENV_KEYS = {
 
 
 def env_settings(config) -> dict:
-    """The environment part of a config (tools.Config, dict or any object with attributes) as a plain dict."""
+    """The environment part of a config (configs.Config, dict or any object with attributes) as a plain dict."""
     out = {}
     for key, default in ENV_KEYS.items():
         if isinstance(config, dict):

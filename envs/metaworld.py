@@ -18,10 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from contract import ACTION_DIM, OBS_MODES, STATE_DIM  # noqa: F401 (re-exported by envs)
+
 TASK_PREFIX = "metaworld_"
-STATE_DIM = 39
-ACTION_DIM = 4
-OBS_MODES = ("pixel", "state", "both")
 GL_BACKENDS = ("egl", "osmesa")
 
 # metaworld raises once its own step counter reaches max_path_length; our TimeLimit decides instead.

@@ -28,11 +28,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-import tools
-from models.world_model import OBS_KEYS
+import configs
+from cli import UsageError
+from contract import OBS_KEYS
 
 
-class MethodError(ValueError):
+class MethodError(UsageError, ValueError):
     """A teacher or config that cannot be used by a method; the message says why and what to do."""
 
 
@@ -74,7 +75,7 @@ class TeacherMethod(Method):
         self.floor = float(c["relevance_floor"])
         self.ema_decay = float(c["relevance_ema"])
         self.sample = bool(c["teacher_sample"])
-        self.weight_fn = tools.schedule(c[self.weight_key])
+        self.weight_fn = configs.schedule(c[self.weight_key])
         self.teacher_precision = str(c.get("teacher_precision", "auto"))
         if self.teacher_precision not in ("auto", "16", "32"):
             raise MethodError(f"teacher_precision must be auto, 16 or 32, got '{self.teacher_precision}'")

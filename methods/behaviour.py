@@ -2,7 +2,7 @@
 cloning (PolyTask) and a task-conditioned critic of the expert behaviour (fitted Q evaluation).
 
 Relabelling: every state of task k's dataset is labelled with task k's scripted expert action (the
-Meta-World policy that collected it, `collect_data.expert_policy`), so the actor learns the expert's
+Meta-World policy that collected it, `collection.experts.expert_policy`), so the actor learns the expert's
 behaviour rather than the noisy actions in the files. Both teachers read the raw 39-d state, not the
 teacher world model's latent: the experts are functions of that state, so it is sufficient and exact;
 the behaviour teachers then do not depend on how well the world model was fitted; and the student's
@@ -30,12 +30,13 @@ import torch
 from torch import nn
 
 import checkpoint
+from cli import UsageError
 from models.networks import MLP
 
 STATE = "state"
 
 
-class BehaviourError(ValueError):
+class BehaviourError(UsageError, ValueError):
     """Source data or a teacher file the behaviour teachers cannot use; the message says what to do."""
 
 
@@ -111,10 +112,10 @@ class Transitions:
 
 def relabel(states: np.ndarray, task: str) -> np.ndarray:
     """Task `task`'s scripted expert action for every state (N, Ds) -> (N, A), clipped to [-1, 1]."""
-    import collect_data
     import envs
+    from collection.experts import expert_policy
 
-    policy = collect_data.expert_policy(envs.env_name(task))
+    policy = expert_policy(envs.env_name(task))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the experts warn about their own gains on every call
         out = [np.asarray(policy.get_action(s.astype(np.float64)), np.float64) for s in states]

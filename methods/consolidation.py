@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-import tools
+import configs
 
 
 class _StatePolicy:
@@ -43,10 +43,10 @@ def actor_policy(actor, task_id: int) -> _StatePolicy:
 
 
 def expert_policy(task: str, act_dim: int) -> _StatePolicy:
-    import collect_data
     import envs
+    from collection.experts import expert_policy as scripted
 
-    expert = collect_data.expert_policy(envs.env_name(task))
+    expert = scripted(envs.env_name(task))
 
     def act(states):
         with warnings.catch_warnings():
@@ -62,7 +62,8 @@ def evaluate_teacher_actor(teacher_path, episodes: int = 20, seed: int = 0, n_en
     {task: {"actor": {success_any, success_final, return}, "expert": {...}}}. The envs use the action
     repeat and time limit the teacher's data was collected with (its stored config), state observations."""
     import envs
-    from dreamer_distill import episode_stats, evaluate
+    from training.episodes import episode_stats
+    from training.evaluation import evaluate
     from models.teacher_io import load_teacher
 
     from . import behaviour
@@ -76,7 +77,7 @@ def evaluate_teacher_actor(teacher_path, episodes: int = 20, seed: int = 0, n_en
     stored = meta["config"]
     results = {}
     for k, task in enumerate(teacher.task_names):
-        config = tools.Config({**stored, "obs": "state", "task": task})
+        config = configs.Config({**stored, "obs": "state", "task": task})
         policies = {"actor": actor_policy(actor, k)}
         if experts:
             policies["expert"] = expert_policy(task, actor.act_dim)
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     from .base import MethodError
 
     try:
-        config = tools.load_config(argv, description=__doc__.splitlines()[0])
+        config = configs.load_config(argv, description=__doc__.splitlines()[0])
         os.environ.setdefault("MUJOCO_GL", config.mujoco_gl)
         if not config.teacher_model_path:
             raise MethodError("--teacher_model_path is required (a teacher.pt with a behaviour actor)")
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(int(config.threads))
         results = evaluate_teacher_actor(config.teacher_model_path, config.eval_episodes, config.seed,
                                          config.eval_envs, config.device)
-    except (MethodError, tools.ConfigError, checkpoint.CheckpointError) as err:
+    except (MethodError, configs.ConfigError, checkpoint.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{'task':<28} {'actor any/final':>16} {'expert any/final':>17}")

@@ -71,17 +71,17 @@ class Critic(BehaviourMethod):
     def source_batches(self, config):
         """Task-balanced batches of the source datasets for the warm-up: the folders of `source_task_dirs`
         when given, else those the teacher was pretrained on (its stored config)."""
-        import tools
-        from dreamer_pretrain import STEP_KEYS, PretrainError, TaskBatcher, load_sources
-        from models.world_model import OBS_KEYS
+        import configs
+        from cli import UsageError
+        from training.sources import TaskBatcher, load_sources, model_keys
 
         dirs = list(config["source_task_dirs"]) or list(self.teacher.config["source_task_dirs"])
-        cfg = tools.Config({**config, "source_tasks": list(self.task_names), "source_task_dirs": dirs})
+        cfg = configs.Config({**config, "source_tasks": list(self.task_names), "source_task_dirs": dirs})
         try:
             sources, _, _ = load_sources(cfg)
-            keys = list(OBS_KEYS[cfg.obs]) + list(STEP_KEYS)
+            keys = model_keys(cfg.obs)
             return TaskBatcher(sources, cfg.batch_size, cfg.batch_length, int(cfg.seed) + 17, "mixed", keys)
-        except PretrainError as err:
+        except UsageError as err:
             raise MethodError(f"--critic_warmup needs the source datasets ({err}); pass their folders with "
                               f"--source_task_dirs in the teacher's task order {list(self.task_names)}") from None
 

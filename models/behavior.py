@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import tools
+import configs
 
 from .networks import MLP
 
@@ -204,8 +204,8 @@ class Behavior(nn.Module):
                                           weight_decay=c["weight_decay"])
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c["critic_lr"], eps=c["ac_eps"],
                                            weight_decay=c["weight_decay"])
-        self.entropy_scale = tools.schedule(c["actor_entropy"])
-        self.gradient_mix = tools.schedule(c["imag_gradient_mix"])
+        self.entropy_scale = configs.schedule(c["actor_entropy"])
+        self.gradient_mix = configs.schedule(c["imag_gradient_mix"])
         # Counts critic updates for the slow-critic schedule; a buffer so it is checkpointed.
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract import OBS_MODES, STATE_DIM
+
 from .networks import MLP, ConvEncoder, MLPEncoder, TaskBlocks, activation, task_rows
 
 
@@ -184,11 +186,11 @@ class OrthogonalMoEEncoder(nn.Module):
     """
 
     def __init__(self, n_experts: int, n_tasks: int, obs: str = "pixel", depth: int = 32,
-                 state_dim: int = 39, embed: int = 256, units: int = 400, layers: int = 2,
+                 state_dim: int = STATE_DIM, embed: int = 256, units: int = 400, layers: int = 2,
                  act: str = "elu", norm: bool = False, temperature: float = 2.0,
                  use_orthogonal: bool = True, eps: float = 1e-6, size: Sequence[int] = (64, 64)):
         super().__init__()
-        if obs not in ("pixel", "state", "both"):
+        if obs not in OBS_MODES:
             raise ValueError(f"obs must be pixel | state | both, got '{obs}'")
         if temperature <= 0:
             raise ValueError(f"moe_temperature must be positive, got {temperature}")
@@ -255,11 +257,11 @@ class LabelCNNEncoder(nn.Module):
     and never reads the weights of tasks absent from the batch.
     """
 
-    def __init__(self, n_tasks: int, obs: str = "pixel", depth: int = 32, state_dim: int = 39,
+    def __init__(self, n_tasks: int, obs: str = "pixel", depth: int = 32, state_dim: int = STATE_DIM,
                  embed: int = 256, units: int = 400, layers: int = 2, act: str = "elu",
                  norm: bool = False, size: Sequence[int] = (64, 64)):
         super().__init__()
-        if obs not in ("pixel", "state", "both"):
+        if obs not in OBS_MODES:
             raise ValueError(f"obs must be pixel | state | both, got '{obs}'")
         self.k, self.obs = n_tasks, obs
         self.cnn = None

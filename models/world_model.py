@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract import OBS_KEYS, STATE_DIM
+
 from .moe import LabelCNNEncoder, OrthogonalMoEEncoder, mean_abs_cosine
 from .networks import (MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, TaskBlocks, bernoulli_nll,
                        gaussian_entropy, unit_normal_nll)
 from .rssm import RSSM, balanced_kl
 
-STATE_DIM = 39  # Meta-World's observation vector
-OBS_KEYS = {"pixel": ("image",), "state": ("state",), "both": ("image", "state")}
 # Config keys that decide parameter shapes or the computation; a checkpoint must agree on all of them.
 ARCH_KEYS = ("obs", "size", "cnn_depth", "mlp_units", "mlp_layers", "act", "norm", "embed_size", "dyn_stoch",
              "dyn_deter", "dyn_hidden", "dyn_discrete", "dyn_min_std", "pred_discount")

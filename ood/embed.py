@@ -20,14 +20,12 @@ import numpy as np
 import torch
 
 import replay
-from models.world_model import OBS_KEYS
+from contract import EPISODE_KEYS, OBS_KEYS, success_any, success_final
 
 from .sources import OODInputError
 
 log = logging.getLogger(__name__)
 
-# Keys handed to the teacher besides the observation (the rest of the episode contract).
-_STEP_KEYS = ("action", "reward", "discount", "success", "is_first", "is_terminal")
 
 
 @dataclasses.dataclass
@@ -37,7 +35,7 @@ class EpisodeInfo:
     file: str
     length: int
     success_any: bool   # info['success'] true at any step
-    success_last: bool  # ... at the last step
+    success_final: bool  # ... at the last step
 
 
 @dataclasses.dataclass
@@ -137,13 +135,13 @@ def embed_files(teacher, paths: Iterable[pathlib.Path], views: Sequence[int], ob
             episodes = _load(paths[start:start + batch_size], obs_mode, skipped)
             if not episodes:
                 continue
-            keys = list(obs_keys) + [k for k in _STEP_KEYS if k in episodes[0][1]]
+            keys = list(obs_keys) + [k for k in EPISODE_KEYS if k in episodes[0][1]]
             batch, mask = _pad_batch([ep for _, ep in episodes], keys)
             values.append(embed_batch(teacher, batch, mask, views))
             for path, ep in episodes:
-                success = np.asarray(ep["success"]) > 0
-                info.append(EpisodeInfo(file=str(path), length=int(len(success)),
-                                        success_any=bool(success.any()), success_last=bool(success[-1])))
+                info.append(EpisodeInfo(file=str(path), length=int(len(ep["success"])),
+                                        success_any=success_any(ep["success"]),
+                                        success_final=success_final(ep["success"])))
     finally:
         if was_training:
             teacher.train()

@@ -6,12 +6,15 @@ Legend: M episodes, K source tasks.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import pathlib
 from typing import Sequence
 
 import numpy as np
+
+from fileio import atomic_write
 
 from . import stats
 from .detector import SCORES
@@ -46,26 +49,20 @@ def to_json(value):
 
 def write_json(report: dict, out: pathlib.Path) -> pathlib.Path:
     """Write the aggregate report (temp file + rename)."""
-    path = out / REPORT_FILE
-    tmp = out / f".{REPORT_FILE}.tmp"
-    tmp.write_text(json.dumps(to_json(report), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    text = (json.dumps(to_json(report), indent=2) + "\n").encode()
+    return atomic_write(out / REPORT_FILE, lambda f: f.write(text))
 
 
 def write_csv(rows: Sequence[dict], out: pathlib.Path) -> pathlib.Path:
     """Write one row per student episode; floats with full precision so the file round-trips."""
-    path = out / EPISODES_FILE
     assert rows, "no student episodes to write"
-    fields = list(rows[0].keys())
-    tmp = out / f".{EPISODES_FILE}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()})
-    tmp.replace(path)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()})
+    data = text.getvalue().encode()
+    return atomic_write(out / EPISODES_FILE, lambda f: f.write(data))
 
 
 # --- plots ---------------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from typing import Sequence
 import numpy as np
 
 import replay
+from cli import UsageError
+from envs.metaworld import TASK_PREFIX
 
-TASK_PREFIX = "metaworld_"
 
-
-class OODInputError(ValueError):
+class OODInputError(UsageError, ValueError):
     """Input the OOD detector cannot use (missing episodes, wrong observation type, unknown task);
     the message says which input and why, in one line."""
 

@@ -13,10 +13,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from cli import UsageError
+
 from .episodes import episode_length, load_dir, validate
 
 
-class NotEnoughData(RuntimeError):
+class NotEnoughData(UsageError, RuntimeError):
     """No stored episode is long enough for the requested window length."""
 
 

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from cli import UsageError
+from contract import EPISODE_KEYS, OBS_KEYS
 from fileio import atomic_write
 
 # key -> (dtype, trailing shape or None when any trailing shape is allowed)
@@ -28,21 +30,19 @@ SCHEMA = {
     "is_first": (np.bool_, ()),
     "is_terminal": (np.bool_, ()),
 }
-REQUIRED = ("action", "reward", "discount", "success", "is_first", "is_terminal")
-OBS_KEYS = ("image", "state")
 log = logging.getLogger("comet")
 
 
-class EpisodeError(ValueError):
+class EpisodeError(UsageError, ValueError):
     """An episode file or dict that breaks the contract; the message names the file and the reason."""
 
 
 def validate(episode: dict, name: str = "episode") -> dict:
     """Check keys, dtypes and lengths; return the episode with arrays cast to the contract dtypes."""
-    missing = [k for k in REQUIRED if k not in episode]
+    missing = [k for k in EPISODE_KEYS if k not in episode]
     if missing:
         raise EpisodeError(f"{name}: missing keys {missing}")
-    if not any(k in episode for k in OBS_KEYS):
+    if not any(k in episode for k in OBS_KEYS["both"]):
         raise EpisodeError(f"{name}: no observation key (need 'image' and/or 'state')")
     if np.ndim(episode["reward"]) != 1:
         raise EpisodeError(f"{name}: 'reward' has shape {np.shape(episode['reward'])}, expected (L,)")

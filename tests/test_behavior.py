@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-import tools
+import configs
 from models.behavior import Actor, Behavior, TanhNormal, TruncNormal, lambda_return
 from models.world_model import WorldModel
 
 
 def tiny_config(**overrides):
-    config = tools.load_config(["--configs", "defaults", "metaworld_state", "debug"])
+    config = configs.load_config(["--configs", "defaults", "metaworld_state", "debug"])
     config.update(overrides)
     return config
 

@@ -5,15 +5,26 @@ import numpy as np
 import pytest
 
 import collect_data
+from collection.experts import episode_seeds
+from collection.manifest import MANIFEST
 import replay
 
 TASKS = "metaworld_drawer_close,metaworld_door_open"
 
 
-def collect(out, *flags, tasks=TASKS, episodes=2, obs="state", seed=0, workers=1):
-    argv = ["--tasks", tasks, "--episodes", str(episodes), "--obs", obs, "--out", str(out), "--seed", str(seed),
+def argv_for(out, *flags, tasks=TASKS, episodes=2, obs="state", seed=0, workers=1):
+    return ["--tasks", tasks, "--episodes", str(episodes), "--obs", obs, "--out", str(out), "--seed", str(seed),
             "--workers", str(workers), "--progress", "False", *flags]
-    return collect_data.main(argv)
+
+
+def collect(out, *flags, **kw):
+    """The collection's manifests (errors raise)."""
+    return collect_data.run(argv_for(out, *flags, **kw))
+
+
+def collect_main(out, *flags, **kw):
+    """The command line's exit code (errors print one line)."""
+    return collect_data.main(argv_for(out, *flags, **kw))
 
 
 def load_all(folder):
@@ -61,7 +72,7 @@ def test_dataset_format(tmp_path, obs):
         assert manifest["success_rate_any"] == pytest.approx(np.mean(rates))
 
 
-def test_resume_adds_only_missing_and_is_deterministic(tmp_path):
+def test_resume_adds_only_missing_and_is_deterministic(tmp_path, capsys):
     first, full = tmp_path / "first", tmp_path / "full"
     collect(first, "--noise", "0.1", "--random_frac", "0.1", tasks="metaworld_drawer_close", episodes=2, seed=7)
     folder = first / "drawer_close"
@@ -79,17 +90,19 @@ def test_resume_adds_only_missing_and_is_deterministic(tmp_path):
         for key in direct[name]:
             np.testing.assert_array_equal(resumed[name][key], direct[name][key], err_msg=f"{name}:{key}")
     # A different seed gives different episodes; other settings cannot be mixed into the same folder.
-    other = collect_data.episode_seeds(8, "drawer-close-v3", 0)
-    assert other != collect_data.episode_seeds(7, "drawer-close-v3", 0)
-    with pytest.raises(SystemExit, match="other settings"):
-        collect(first, "--noise", "0.3", tasks="metaworld_drawer_close", episodes=3, seed=7)
+    other = episode_seeds(8, "drawer-close-v3", 0)
+    assert other != episode_seeds(7, "drawer-close-v3", 0)
+    capsys.readouterr()
+    assert collect_data.main(["--tasks", "metaworld_drawer_close", "--episodes", "3", "--noise", "0.3", "--out",
+                              str(first), "--seed", "7", "--workers", "1", "--progress", "False"]) == 2
+    assert "other settings" in capsys.readouterr().err
     assert len(list(folder.glob("*.npz"))) == 3
 
 
 def test_a_damaged_unlisted_episode_is_set_aside_and_collected_again(tmp_path, capsys):
     collect(tmp_path, tasks="metaworld_drawer_close", episodes=2, seed=3)
     folder = tmp_path / "drawer_close"
-    (folder / collect_data.MANIFEST).unlink()  # as if the run stopped before writing its manifest
+    (folder / MANIFEST).unlink()  # as if the run stopped before writing its manifest
     victim = sorted(folder.glob("*.npz"))[1]
     victim.write_bytes(victim.read_bytes()[:100])  # truncated
     capsys.readouterr()
@@ -101,11 +114,9 @@ def test_a_damaged_unlisted_episode_is_set_aside_and_collected_again(tmp_path, c
 
 
 def test_bad_flags_are_clear_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        collect(tmp_path, tasks="metaworld_not_a_task")
+    assert collect_main(tmp_path, tasks="metaworld_not_a_task") == 2
     assert "valid tasks" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        collect(tmp_path, "--random_frac", "1.5")
+    assert collect_main(tmp_path, "--random_frac", "1.5") == 2
     assert "random_frac" in capsys.readouterr().err
 
 

@@ -3,18 +3,19 @@ import pathlib
 
 import pytest
 
-import tools
+import configs
+import runtime
 
 
 def test_blocks_merge_left_to_right():
-    config = tools.load_config(["--configs", "defaults", "metaworld", "metaworld_state"])
+    config = configs.load_config(["--configs", "defaults", "metaworld", "metaworld_state"])
     assert config.obs == "state"  # metaworld says pixel, metaworld_state overrides it
     assert config.action_repeat == 2
     assert config.configs == ["defaults", "metaworld", "metaworld_state"]
 
 
 def test_defaults_block_is_implicit():
-    config = tools.load_config(["--configs", "metaworld_state"])
+    config = configs.load_config(["--configs", "metaworld_state"])
     assert config.configs[0] == "defaults" and config.seed == 0
 
 
@@ -30,56 +31,56 @@ def test_defaults_block_is_implicit():
     ("distill_weight", "linear(1,0,1e5)", "linear(1,0,1e5)"),
 ])
 def test_flags_are_typed_from_defaults(flag, text, expected):
-    config = tools.load_config([f"--{flag}", text])
+    config = configs.load_config([f"--{flag}", text])
     assert config[flag] == expected and type(config[flag]) is type(expected)
 
 
 def test_unknown_flag_names_closest_key():
-    with pytest.raises(tools.ConfigError, match="did you mean '--batch_size'"):
-        tools.load_config(["--batch_sise", "3"])
+    with pytest.raises(configs.ConfigError, match="did you mean '--batch_size'"):
+        configs.load_config(["--batch_sise", "3"])
 
 
 def test_unknown_block_names_closest_block():
-    with pytest.raises(tools.ConfigError, match="did you mean 'metaworld_state'"):
-        tools.load_config(["--configs", "defaults", "metaworld_stat"])
+    with pytest.raises(configs.ConfigError, match="did you mean 'metaworld_state'"):
+        configs.load_config(["--configs", "defaults", "metaworld_stat"])
 
 
 def test_bad_values_are_errors():
-    with pytest.raises(tools.ConfigError, match="--steps"):
-        tools.load_config(["--steps", "1.5"])
-    with pytest.raises(tools.ConfigError, match="--use_distill"):
-        tools.load_config(["--use_distill", "maybe"])
+    with pytest.raises(configs.ConfigError, match="--steps"):
+        configs.load_config(["--steps", "1.5"])
+    with pytest.raises(configs.ConfigError, match="--use_distill"):
+        configs.load_config(["--use_distill", "maybe"])
 
 
 def test_block_with_unknown_key_is_an_error(tmp_path):
     path = tmp_path / "configs.yaml"
     path.write_text("defaults:\n  seed: 0\nmine:\n  sede: 1\n")
-    with pytest.raises(tools.ConfigError, match="did you mean 'seed'"):
-        tools.load_config(["--configs", "defaults", "mine"], path=path)
+    with pytest.raises(configs.ConfigError, match="did you mean 'seed'"):
+        configs.load_config(["--configs", "defaults", "mine"], path=path)
 
 
 def test_every_block_uses_known_keys():
-    blocks = tools.read_blocks()
+    blocks = configs.read_blocks()
     for name in blocks:
-        tools.load_config(["--configs", "defaults", name])
+        configs.load_config(["--configs", "defaults", name])
 
 
 def test_schedules():
-    assert tools.schedule("0.5")(123) == 0.5
-    assert tools.schedule(2)(0) == 2.0
-    linear = tools.schedule("linear(1,0,1e5)")
+    assert configs.schedule("0.5")(123) == 0.5
+    assert configs.schedule(2)(0) == 2.0
+    linear = configs.schedule("linear(1,0,1e5)")
     assert linear(0) == 1.0 and linear(5e4) == pytest.approx(0.5) and linear(1e6) == 0.0
-    warmup = tools.schedule("warmup(100,2)")
+    warmup = configs.schedule("warmup(100,2)")
     assert warmup(0) == 0.0 and warmup(50) == pytest.approx(1.0) and warmup(1000) == 2.0
-    with pytest.raises(tools.ConfigError, match="cannot parse schedule"):
-        tools.schedule("cosine(1,2)")
+    with pytest.raises(configs.ConfigError, match="cannot parse schedule"):
+        configs.schedule("cosine(1,2)")
 
 
 def test_save_config_round_trip(tmp_path):
-    config = tools.load_config(["--configs", "defaults", "metaworld_state", "--seed", "7"])
-    path = tools.save_config(config, tmp_path / "run")
+    config = configs.load_config(["--configs", "defaults", "metaworld_state", "--seed", "7"])
+    path = configs.save_config(config, tmp_path / "run")
     assert path == tmp_path / "run" / "config.yaml"
-    back = tools.read_blocks(path)
+    back = configs.read_blocks(path)
     assert back["seed"] == 7 and back["obs"] == "state" and back["size"] == [64, 64]
 
 
@@ -88,5 +89,5 @@ def test_cuda_request_without_cuda_is_an_error():
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(tools.ConfigError, match="CUDA is not available"):
-        tools.get_device("cuda:0")
+    with pytest.raises(configs.ConfigError, match="CUDA is not available"):
+        runtime.get_device("cuda:0")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import checkpoint
-import tools
+import configs
 from agent import Agent
 from bench import distill_step, teacher_step
 from models import TeacherWorldModel, compile_heavy
@@ -28,7 +28,7 @@ SOURCES = ["metaworld_reach", "metaworld_drawer_close"]
 
 
 def pixel_config(device, *extra: str, precision: int = 32):
-    return tools.load_config(["--configs", "defaults", "metaworld", "debug", "--device", str(device),
+    return configs.load_config(["--configs", "defaults", "metaworld", "debug", "--device", str(device),
                               "--precision", str(precision), *extra])
 
 

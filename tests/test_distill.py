@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
-import tools
+import configs
 from methods import MethodError, build_method, check_compatible
 from models.teacher_io import teacher_payload
 from models.world_model import TeacherWorldModel, WorldModel
@@ -26,7 +26,7 @@ B, T, A = 4, 8, 4
 
 def make_config(*extra: str, obs: str = "state"):
     block = "metaworld_state" if obs == "state" else "metaworld"
-    return tools.load_config(["--configs", "defaults", block, "debug", "--obs", obs, *extra])
+    return configs.load_config(["--configs", "defaults", block, "debug", "--obs", obs, *extra])
 
 
 def make_teacher(k: int, mode: str = "moe", obs: str = "state", seed: int = 0, **overrides):
@@ -353,7 +353,8 @@ def _agent(config):
 
 
 def test_build_distiller_strict_load_and_clear_errors(tmp_path):
-    from dreamer_distill import UsageError, build_distiller
+    from cli import UsageError
+    from training.student import build_distiller
 
     tconfig, teacher = make_teacher(3)
     good = _save_teacher(tmp_path / "teacher.pt", tconfig, teacher)
@@ -390,7 +391,8 @@ def test_build_distiller_strict_load_and_clear_errors(tmp_path):
 
 
 def test_pixel_teacher_with_state_student_is_rejected_at_build_time(tmp_path):
-    from dreamer_distill import UsageError, build_distiller
+    from cli import UsageError
+    from training.student import build_distiller
 
     tconfig, teacher = make_teacher(2, obs="pixel")
     path = _save_teacher(tmp_path / "pixel.pt", tconfig, teacher)
@@ -405,7 +407,7 @@ def test_pixel_teacher_with_state_student_is_rejected_at_build_time(tmp_path):
 
 
 def test_distiller_parameters_are_in_one_optimizer_and_teacher_in_none(tmp_path):
-    from dreamer_distill import build_distiller
+    from training.student import build_distiller
 
     tconfig, teacher = make_teacher(3)
     path = _save_teacher(tmp_path / "teacher.pt", tconfig, teacher)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import envs
-import tools
+import configs
 from envs.wrappers import ActionRepeat, TimeLimit
 
 TASK = "metaworld_drawer_close"
@@ -15,7 +15,7 @@ STEP_KEYS = {"reward", "discount", "success", "is_first", "is_last", "is_termina
 
 
 def config(*flags):
-    return tools.load_config(list(flags))
+    return configs.load_config(list(flags))
 
 
 def run(env, actions):
@@ -76,7 +76,7 @@ def test_actions_are_clipped_and_validated():
 
 @pytest.mark.filterwarnings("ignore:Constant")
 def test_success_reported_by_expert():
-    from collect_data import expert_policy
+    from collection.experts import expert_policy
 
     env = envs.make_env(config("--obs", "state"), TASK, seed=0)
     policy = expert_policy(envs.env_name(TASK))

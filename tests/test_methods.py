@@ -13,7 +13,7 @@ import torch
 
 import checkpoint
 import methods
-import tools
+import configs
 from methods import behaviour
 from models.teacher_io import load_teacher, teacher_payload
 from models.world_model import TeacherWorldModel
@@ -24,7 +24,7 @@ A = 4
 
 
 def config(*extra: str):
-    return tools.load_config([*TINY, *extra])
+    return configs.load_config([*TINY, *extra])
 
 
 @pytest.fixture(scope="module")

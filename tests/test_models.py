@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import checkpoint
-import tools
+import configs
 from models import (RSSM, BatchedConvExperts, BatchedMLPExperts, ConvDecoder, ConvEncoder, LabelCNNEncoder,
                     MLPDecoder, MLPEncoder, OrthogonalMoEEncoder, TeacherWorldModel, WorldModel, gram_schmidt,
                     gram_schmidt_vectors,                     load_teacher, mean_abs_cosine, teacher_payload)
@@ -19,7 +19,7 @@ A = 4
 
 
 def tiny_config(obs="pixel", k=2, n=2, mode="moe", **overrides):
-    config = tools.load_config(["--configs", "defaults", "metaworld", "debug"])
+    config = configs.load_config(["--configs", "defaults", "metaworld", "debug"])
     config.update(obs=obs, source_tasks=[f"task{i}" for i in range(k)], n_experts=n, teacher_encoder_mode=mode,
                   embed_size=16)
     config.update(overrides)

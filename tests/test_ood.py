@@ -13,6 +13,7 @@ import scipy.spatial.distance
 import torch
 
 import ood_detection
+from ood import pipeline
 import replay
 from ood import stats
 from ood.detector import Detector
@@ -214,7 +215,7 @@ def synthetic(tmp_path):
 
 
 def _run(monkeypatch, argv, obs="state", tasks=TASKS):
-    monkeypatch.setattr(ood_detection, "load_teacher",
+    monkeypatch.setattr(pipeline, "frozen_teacher",
                         lambda path, device: (StandInTeacher(len(tasks)).eval(),
                                               {"source_tasks": list(tasks), "config": {"obs": obs},
                                                "encoder_mode": "moe"}))
@@ -302,10 +303,10 @@ def test_pixel_episodes_for_state_teacher(synthetic, tmp_path, monkeypatch, caps
 
 def _save_teacher(path, obs="state", tasks=TASKS):
     import checkpoint
-    import tools
+    import configs
     from models import TeacherWorldModel, teacher_payload
 
-    config = tools.load_config(["--configs", "defaults", "debug", "--obs", obs,
+    config = configs.load_config(["--configs", "defaults", "debug", "--obs", obs,
                                 "--source_tasks", ",".join(tasks)])
     torch.manual_seed(0)
     model = TeacherWorldModel(config, act_dim=4)

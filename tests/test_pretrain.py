@@ -11,6 +11,9 @@ import torch
 
 import dreamer_pretrain
 import replay
+from cli import UsageError
+from training.gradients import cosine_matrix, pcgrad
+from training.sources import TaskBatcher
 from models import load_teacher
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -70,13 +73,13 @@ def test_pretrain_end_to_end_and_resume(tmp_path, sources):
     assert all(int(s["step"]) == 6 for s in payload["optimizer"]["state"].values())
 
     # A changed architecture cannot resume; the error names the key.
-    with pytest.raises(dreamer_pretrain.PretrainError, match="dyn_deter"):
-        dreamer_pretrain.main(args(logdir, sources, "--pretrain_iterations", "8", "--dyn_deter", "20"))
-    with pytest.raises(dreamer_pretrain.PretrainError, match="source_tasks"):
-        dreamer_pretrain.main(args(logdir, sources[::-1], "--pretrain_iterations", "8",
+    with pytest.raises(UsageError, match="dyn_deter"):
+        dreamer_pretrain.run(args(logdir, sources, "--pretrain_iterations", "8", "--dyn_deter", "20"))
+    with pytest.raises(UsageError, match="source_tasks"):
+        dreamer_pretrain.run(args(logdir, sources[::-1], "--pretrain_iterations", "8",
                                    "--source_tasks", ",".join(TASKS[::-1])))
-    with pytest.raises(dreamer_pretrain.PretrainError, match="--resume True"):
-        dreamer_pretrain.main(args(logdir, sources, "--resume", "False"))
+    with pytest.raises(UsageError, match="--resume True"):
+        dreamer_pretrain.run(args(logdir, sources, "--resume", "False"))
 
 
 def test_pretrain_pcgrad_round_robin_label_cnn(tmp_path, sources):
@@ -89,8 +92,8 @@ def test_pretrain_pcgrad_round_robin_label_cnn(tmp_path, sources):
                                       "--teacher_encoder_mode", "label_cnn")) == 0
     _, meta = load_teacher(logdir / "teacher.pt")
     assert meta["encoder_mode"] == "label_cnn"
-    with pytest.raises(dreamer_pretrain.PretrainError, match="mixed"):
-        dreamer_pretrain.main(args(tmp_path / "x", sources, "--grad_surgery", "pcgrad", "--task_batching", "round_robin"))
+    with pytest.raises(UsageError, match="mixed"):
+        dreamer_pretrain.run(args(tmp_path / "x", sources, "--grad_surgery", "pcgrad", "--task_batching", "round_robin"))
 
 
 def test_per_task_metrics_average_over_the_updates_that_held_the_task(tmp_path, sources):
@@ -102,16 +105,16 @@ def test_per_task_metrics_average_over_the_updates_that_held_the_task(tmp_path, 
 
 
 def test_pretrain_input_errors(tmp_path, sources):
-    with pytest.raises(dreamer_pretrain.PretrainError, match="1 folders but source_tasks has 2"):
-        dreamer_pretrain.main(args(tmp_path / "a", sources[:1]))
+    with pytest.raises(UsageError, match="1 folders but source_tasks has 2"):
+        dreamer_pretrain.run(args(tmp_path / "a", sources[:1]))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(dreamer_pretrain.PretrainError, match="no episode files"):
-        dreamer_pretrain.main(args(tmp_path / "b", [sources[0], empty]))
-    with pytest.raises(dreamer_pretrain.PretrainError, match="not found"):
-        dreamer_pretrain.main(args(tmp_path / "c", [sources[0], tmp_path / "missing"]))
-    with pytest.raises(dreamer_pretrain.PretrainError, match="batch_length 500"):
-        dreamer_pretrain.main(args(tmp_path / "d", sources, "--batch_length", "500"))
+    with pytest.raises(UsageError, match="no episode files"):
+        dreamer_pretrain.run(args(tmp_path / "b", [sources[0], empty]))
+    with pytest.raises(UsageError, match="not found"):
+        dreamer_pretrain.run(args(tmp_path / "c", [sources[0], tmp_path / "missing"]))
+    with pytest.raises(UsageError, match="batch_length 500"):
+        dreamer_pretrain.run(args(tmp_path / "d", sources, "--batch_length", "500"))
 
 
 def test_pretrain_nan_loss_is_an_error(tmp_path, sources):
@@ -121,7 +124,7 @@ def test_pretrain_nan_loss_is_an_error(tmp_path, sources):
         episode["reward"][:] = np.nan
         replay.save_episode(bad, episode, path.name)
     with pytest.raises(FloatingPointError, match="non-finite"):
-        dreamer_pretrain.main(args(tmp_path / "nan", [sources[0], bad]))
+        dreamer_pretrain.run(args(tmp_path / "nan", [sources[0], bad]))
 
 
 def test_task_batching_balance():
@@ -130,7 +133,7 @@ def test_task_batching_balance():
                        "is_first": np.arange(10) == 0, "is_terminal": np.zeros(10, bool),
                        "state": np.zeros((10, 39), np.float32)}} for _ in range(3)]
     keys = ["state", "action", "reward", "discount", "is_first"]
-    mixed = dreamer_pretrain.TaskBatcher(episodes, 8, 5, 0, "mixed", keys)
+    mixed = TaskBatcher(episodes, 8, 5, 0, "mixed", keys)
     totals = np.zeros(3)
     for step in range(3):
         counts = mixed.counts(step)
@@ -139,15 +142,15 @@ def test_task_batching_balance():
         b = mixed.sample(step)
         assert b["state"].shape == (8, 5, 39) and np.bincount(b["task"], minlength=3).tolist() == counts
     assert totals.tolist() == [8, 8, 8]  # the remainder rotates over the tasks
-    robin = dreamer_pretrain.TaskBatcher(episodes, 8, 5, 0, "round_robin", keys)
+    robin = TaskBatcher(episodes, 8, 5, 0, "round_robin", keys)
     assert [int(robin.sample(s)["task"][0]) for s in range(4)] == [0, 1, 2, 0]
 
 
 def test_pcgrad_projection():
     grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.0, 1.0]])
-    combined, conflicts = dreamer_pretrain.pcgrad(grads, torch.Generator().manual_seed(0))
+    combined, conflicts = pcgrad(grads, torch.Generator().manual_seed(0))
     # Task 0 conflicts with task 1 (and vice versa); both get projected onto each other's normal plane.
     assert conflicts == pytest.approx(2 / 6)
     torch.testing.assert_close(combined, torch.tensor([0.5, 0.5]) + torch.tensor([0.0, 1.0]) + grads[2])
-    cos = dreamer_pretrain.cosine_matrix(grads)
+    cos = cosine_matrix(grads)
     assert cos.shape == (3, 3) and torch.allclose(cos.diagonal(), torch.ones(3))

@@ -7,8 +7,9 @@ import torch
 
 import checkpoint
 import dreamer_distill
+from training.student import Trainer
 import replay
-import tools
+import configs
 from agent import MAX_NONFINITE, Agent
 
 TINY = ["--configs", "defaults", "metaworld", "metaworld_state", "debug", "--task", "metaworld_reach",
@@ -98,15 +99,15 @@ def test_missing_logdir_is_an_error(capsys):
 
 def stop_training_at(monkeypatch, step: int, error: BaseException):
     """Make the loop raise `error` once it reaches env step `step`; returns the undo for the next run."""
-    original = dreamer_distill.Trainer.train
+    original = Trainer.train_due
 
     def stopping(self):
         if self.step >= step:
             raise error
         original(self)
 
-    monkeypatch.setattr(dreamer_distill.Trainer, "train", stopping)
-    return lambda: monkeypatch.setattr(dreamer_distill.Trainer, "train", original)
+    monkeypatch.setattr(Trainer, "train_due", stopping)
+    return lambda: monkeypatch.setattr(Trainer, "train_due", original)
 
 
 @pytest.mark.timeout_hint(30)
@@ -145,7 +146,7 @@ def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_superseded_rows(
 # --- agent --------------------------------------------------------------------------------------------
 
 def tiny_agent(**overrides):
-    config = tools.load_config(TINY[:5])
+    config = configs.load_config(TINY[:5])
     config.update(overrides)
     return Agent(config, {"state": (39,)}, 4, "cpu"), config
 

@@ -1,24 +1,24 @@
-"""Config loading (block merging, typed --flags, schedules), seeding and device selection.
+"""Config loading: `configs.yaml` blocks merged left to right, typed `--key value` flags, schedules.
 
-Every stage script calls `load_config(argv)`; nothing else parses the command line.
+Every stage script calls `load_config(argv)`; nothing else parses the config flags.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import pathlib
-import random
 import re
 import sys
 from typing import Any, Callable, Sequence
 
-import numpy as np
+from cli import UsageError
+from fileio import atomic_write
 
 ROOT = pathlib.Path(__file__).resolve().parent
 CONFIG_FILE = ROOT / "configs.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config block, key or value that cannot be used; the message says which and why."""
 
 
@@ -114,10 +114,12 @@ def _guess(text: str) -> Any:
     return text
 
 
-def load_config(argv: Sequence[str] | None = None, description: str = "", path: pathlib.Path = CONFIG_FILE) -> Config:
+def load_config(argv: Sequence[str] | None = None, description: str = "", path: pathlib.Path = CONFIG_FILE,
+                extra_flags: Sequence[str] = ()) -> Config:
     """Merge `--configs` blocks and apply typed `--key value` overrides.
 
-    Unknown blocks and unknown keys are errors naming the closest valid one.
+    Unknown blocks and unknown keys are errors naming the closest valid one (among the config keys and
+    `extra_flags`, the flags a script parses itself).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -147,7 +149,7 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
         if token.startswith("--"):
             key = token[2:].split("=", 1)[0]
             if key not in merged and key != "help":
-                raise ConfigError(_unknown_message("flag", "--" + key, ["--" + k for k in merged]))
+                raise ConfigError(_unknown_message("flag", "--" + key, ["--" + k for k in merged] + list(extra_flags)))
     args = parser.parse_args(argv)
     config = Config(merged)
     for key, default in merged.items():
@@ -163,19 +165,17 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
 
 
 def save_config(config: dict, logdir: pathlib.Path | str) -> pathlib.Path:
-    """Write the resolved config to `<logdir>/config.yaml`."""
+    """Write the resolved config to `<logdir>/config.yaml` (atomically)."""
+    import io
+
     from ruamel.yaml import YAML
 
-    logdir = pathlib.Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    path = logdir / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = None
-    with open(tmp, "w") as f:
-        yaml.dump(dict(config), f)
-    tmp.replace(path)
-    return path
+    text = io.StringIO()
+    yaml.dump(dict(config), text)
+    data = text.getvalue().encode()
+    return atomic_write(pathlib.Path(logdir) / "config.yaml", lambda f: f.write(data))
 
 
 # --- schedules ---------------------------------------------------------------------------------
@@ -208,24 +208,3 @@ def schedule(spec: str | float | int) -> Callable[[int], float]:
             raise ConfigError(f"schedule '{text}': duration must be positive")
         return lambda step: value * min(max(step / duration, 0.0), 1.0)
     raise ConfigError(f"cannot parse schedule '{text}'; use a number, linear(a,b,n) or warmup(n,v)")
-
-
-# --- seeding and devices -----------------------------------------------------------------------
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def get_device(name: str):
-    """Return a torch.device; asking for CUDA where there is none is an error, not a silent fallback."""
-    import torch
-
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device

@@ -1,0 +1,116 @@
+"""The manifest.json of a task folder: settings, counts, success rates and one record per episode file."""
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import re
+import sys
+
+import numpy as np
+
+import replay
+from cli import UsageError
+from contract import EPISODE_KEYS, OBS_KEYS, SUCCESS_RULES, success_any, success_final
+from fileio import atomic_write
+
+from .experts import episode_seeds
+
+MANIFEST = "manifest.json"
+FILE_PATTERN = re.compile(r"^episode-(\d{6})-(\d+)\.npz$")
+# Settings that change the data: a folder collected with other values cannot be extended.
+FIXED_SETTINGS = ("env", "obs", "noise", "random_frac", "seed", "time_limit", "action_repeat", "size", "camera",
+                  "camera_pos", "render_fast")
+
+
+def episode_file(index: int, length: int) -> str:
+    return f"episode-{index:06d}-{length}.npz"
+
+
+def episode_record(index: int, path: pathlib.Path, env_seed: int, episode: dict) -> dict:
+    """Manifest entry of one episode (both success rules)."""
+    success = episode["success"]
+    return {"index": index, "file": path.name, "env_seed": env_seed, "length": int(len(success)),
+            "return": float(episode["reward"].sum()), "success_any": success_any(success),
+            "success_final": success_final(success)}
+
+
+def existing_episodes(directory: pathlib.Path) -> dict[int, pathlib.Path]:
+    """Episode index -> file for the complete episode files in a task folder."""
+    found = {}
+    if directory.is_dir():
+        for path in directory.iterdir():
+            match = FILE_PATTERN.match(path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return found
+
+
+def read_manifest(directory: pathlib.Path) -> dict | None:
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: unreadable manifest ({err}); move it away to re-collect") from None
+
+
+def write_manifest(directory: pathlib.Path, manifest: dict) -> pathlib.Path:
+    """Atomic write (temp file + rename), like the episodes."""
+    text = (json.dumps(manifest, indent=2) + "\n").encode()
+    return atomic_write(directory / MANIFEST, lambda f: f.write(text))
+
+
+def check_same_settings(directory: pathlib.Path, old: dict | None, new: dict) -> None:
+    """Refuse to mix data collected with different settings in one folder."""
+    if old is None:
+        return
+    diff = [f"{k}: {old.get(k)!r} there, {new[k]!r} now" for k in FIXED_SETTINGS if old.get(k) != new[k]]
+    if diff:
+        raise UsageError(f"{directory} was collected with other settings ({'; '.join(diff)}); "
+                         "use another --out or the same settings")
+
+
+def build_manifest(settings: dict, records: dict[int, dict]) -> dict:
+    """Manifest from per-episode records: counts and success rates under both rules."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    ordered = [records[i] for i in sorted(records)]
+    count = len(ordered)
+    return {
+        **settings,
+        "policy": ENV_POLICY_MAP[settings["env"]].__name__,
+        "episodes": count,
+        "steps": int(sum(r["length"] - 1 for r in ordered)),  # policy steps (L - 1 per episode)
+        "success_rate_any": float(np.mean([r["success_any"] for r in ordered])) if count else 0.0,
+        "success_rate_final": float(np.mean([r["success_final"] for r in ordered])) if count else 0.0,
+        "success_rules": {f"success_rate_{k.split('_')[1]}": v for k, v in SUCCESS_RULES.items()},
+        "keys": sorted(OBS_KEYS[settings["obs"]] + EPISODE_KEYS),
+        "updated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "episode_records": ordered,
+    }
+
+
+def known_records(manifest: dict | None, files: dict[int, pathlib.Path], seed: int, env_name: str) -> dict[int, dict]:
+    """Records of the episodes already on disk: from the manifest, or recomputed from the file when the
+    manifest lacks them (a run stopped between saving an episode and writing the manifest).
+
+    An unlisted file that does not load is renamed to `<name>.bad` (kept for inspection, one warning line)
+    and removed from `files`, so that its episode is collected again."""
+    listed = {r["index"]: r for r in (manifest or {}).get("episode_records", [])}
+    records = {}
+    for index, path in list(files.items()):
+        if index in listed and listed[index]["file"] == path.name:
+            records[index] = listed[index]
+            continue
+        try:
+            episode = replay.load_episode(path)
+        except replay.EpisodeError as err:
+            path.rename(path.with_name(path.name + ".bad"))
+            print(f"warning: {err}; moved it to {path.name}.bad and will collect episode {index} again",
+                  file=sys.stderr)
+            del files[index]
+            continue
+        records[index] = episode_record(index, path, episode_seeds(seed, env_name, index)[0], episode)
+    return records

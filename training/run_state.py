@@ -1,0 +1,234 @@
+"""The one checkpoint / resume / rollback mechanism of every training loop.
+
+A run's log folder (`--logdir`) holds its checkpoints, `metrics.jsonl`, TensorBoard events and episode
+folders. `RunDir` owns the rules for it:
+
+* a new run needs an empty or missing folder unless `--resume True`; a second live run on the same folder
+  is refused (`.lock` holds the owner's PID; a lock whose process is gone is taken over);
+* on start, temp files of writes a killed run left behind are removed, and the newest checkpoint (highest
+  `step` among the loop's checkpoint names) is loaded and checked against the command's config;
+* whatever the previous run wrote after that checkpoint (or everything, if it died before its first one) is
+  rolled back: metrics rows move to `metrics.superseded.jsonl` (the Logger does it), episode files to
+  `<folder>/superseded/`, so the resumed run logs each step once and replays exactly the checkpoint's data;
+* `rng_state` / `set_rng_state` capture and restore every random stream a loop names, so a resumed run
+  continues bit-identically.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+
+import numpy as np
+
+import checkpoint
+from cli import UsageError
+from logger import Logger
+from replay import episode_files
+
+LOCK = ".lock"
+SUPERSEDED = "superseded"
+
+
+class RunDir:
+    """One run's log folder. Constructing it only validates; `open()` takes the lock and loads the checkpoint."""
+
+    def __init__(self, logdir, resume: bool, checkpoints=("latest.pt",), episode_dirs=()):
+        if not logdir:
+            raise UsageError("--logdir is required (e.g. --logdir runs/reach)")
+        self.path = pathlib.Path(logdir).expanduser()
+        self.checkpoints, self.episode_dirs = tuple(checkpoints), tuple(episode_dirs)
+        existing = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        if existing and not resume:
+            shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+            raise UsageError(f"--logdir {self.path} is not empty ({shown}) and --resume is False; pass --resume True "
+                             f"to continue that run, or choose a new or empty --logdir")
+        self.had_content = bool(existing)
+        self.checkpoint_path: pathlib.Path | None = None
+        self.payload: dict | None = None
+        self._locked = False
+
+    # --- start ----------------------------------------------------------------------------------------
+
+    def open(self, device="cpu") -> dict | None:
+        """Lock the folder, remove stale temp files, load the newest checkpoint (None when there is none)."""
+        self._check_writable()
+        self._lock()
+        remove_temp_files(self.path, *(self.path / d for d in self.episode_dirs))
+        for name in self.checkpoints:
+            path = self.path / name
+            if path.is_file():
+                payload = checkpoint.load(path, map_location=device)
+                if self.payload is None or int(payload["step"]) > int(self.payload["step"]):
+                    self.checkpoint_path, self.payload = path, payload
+        return self.payload
+
+    @property
+    def step(self) -> int:
+        """The step the run continues from (0 for a fresh run)."""
+        return int(self.payload["step"]) if self.payload is not None else 0
+
+    def check_compatible(self, config, keys, facts: dict | None = None) -> None:
+        """Refuse to resume when the command changes a config key in `keys` or a fact (name -> value now)."""
+        if self.payload is None:
+            return
+        from models import config_mismatches
+
+        diffs = config_mismatches(self.payload["config"], config, keys)
+        diffs += [f"{k}: checkpoint {self.payload.get(k)!r}, now {v!r}" for k, v in (facts or {}).items()
+                  if self.payload.get(k) != v]
+        if diffs:
+            raise UsageError(f"cannot resume from {self.checkpoint_path}: the command disagrees with the checkpoint's "
+                             f"config ({'; '.join(diffs)}); use the original flags or a new --logdir")
+
+    def rollback(self, counts: dict[str, int] | None = None) -> None:
+        """Set aside the episodes saved after the checkpoint: `counts` maps each episode folder to the number of
+        files the checkpoint saw (those sort first: names start with their creation time). Without a
+        checkpoint every episode file of a previous run goes."""
+        counts = counts or {}
+        for name in self.episode_dirs:
+            if self.payload is None:
+                set_aside_later_episodes(self.path / name, 0)
+            elif name in counts:  # a checkpoint that predates a count leaves its folder as it is
+                set_aside_later_episodes(self.path / name, int(counts[name]))
+
+    def logger(self) -> Logger:
+        """The run's Logger, with rows logged after the checkpoint (or all, before the first one) set aside."""
+        if self.payload is not None:
+            return Logger(self.path, resume_step=self.step)
+        return Logger(self.path, resume_step=-1 if self.had_content else None)
+
+    # --- during and after -----------------------------------------------------------------------------
+
+    def save(self, name: str, payload: dict) -> pathlib.Path:
+        """Write checkpoint `name` atomically."""
+        return checkpoint.save(self.path / name, payload)
+
+    def close(self) -> None:
+        """Release the lock (only ours)."""
+        if self._locked:
+            lock = self.path / LOCK
+            try:
+                if lock.read_text().strip() == str(os.getpid()):
+                    lock.unlink()
+            except OSError:
+                pass
+            self._locked = False
+
+    # --- lock -----------------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"--logdir {self.path}: cannot create it ({err.strerror}); choose a writable folder") \
+                from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise UsageError(f"--logdir {self.path} is not writable; choose a writable folder or fix its permissions")
+
+    def _lock(self) -> None:
+        """Create `.lock` with our PID; a lock held by a live process is an error, a dead one's is taken over."""
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    raise UsageError(f"--logdir {self.path} is in use by another run (PID {holder}); wait for it "
+                                     f"to finish or stop it, or choose another --logdir") from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self._locked = True
+            return
+        raise UsageError(f"--logdir {self.path}: could not take the lock {lock}; remove it if no run uses the folder")
+
+
+def _lock_holder(lock: pathlib.Path) -> int | None:
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+def remove_temp_files(*folders: pathlib.Path) -> None:
+    """Delete the hidden `.*.tmp` files that an interrupted atomic write leaves (fileio.atomic_write)."""
+    for folder in folders:
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+
+
+def set_aside_later_episodes(folder: pathlib.Path, keep: int) -> None:
+    """Move the episode files after the first `keep` (in name = creation order) to `folder/superseded/`."""
+    if not folder.is_dir():
+        return
+    later = episode_files(folder)[keep:]
+    if not later:
+        return
+    aside = folder / SUPERSEDED
+    aside.mkdir(exist_ok=True)
+    for path in later:
+        path.rename(aside / path.name)
+    print(f"moved {len(later)} episode(s) saved after the checkpoint to {aside}", flush=True)
+
+
+# --- random streams ---------------------------------------------------------------------------------------
+
+def rng_state(streams: dict) -> dict:
+    """Python, NumPy and torch global RNG states plus each named stream's, in checkpoint-safe types.
+
+    A stream is a numpy Generator, a torch Generator or an object with `rng_state()` / `set_rng_state()`."""
+    import torch
+
+    return {"python": random.getstate(), "numpy": checkpoint.to_builtin(np.random.get_state()),
+            "torch": torch.get_rng_state(), "streams": {name: _get(s) for name, s in streams.items()}}
+
+
+def set_rng_state(state: dict, streams: dict) -> None:
+    """Restore what `rng_state` captured, into the same named streams."""
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys.numpy() if hasattr(keys, "numpy") else keys, np.uint32),
+                         int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
+    for name, stream in streams.items():
+        _set(stream, state["streams"][name])
+
+
+def _get(stream):
+    import torch
+
+    if isinstance(stream, np.random.Generator):
+        return stream.bit_generator.state
+    if isinstance(stream, torch.Generator):
+        return stream.get_state()
+    return stream.rng_state()
+
+
+def _set(stream, value) -> None:
+    import torch
+
+    if isinstance(stream, np.random.Generator):
+        stream.bit_generator.state = value
+    elif isinstance(stream, torch.Generator):
+        stream.set_state(value.cpu())
+    else:
+        stream.set_rng_state(value)

@@ -1,0 +1,350 @@
+"""The online student loop (stage 2): collect with the agent, train it, evaluate, log and checkpoint.
+
+All step counts in the config (steps, prefill, train_every, eval_every, log_every, checkpoint_every, video_every)
+are ENV steps: one policy step moves every training env `action_repeat` env steps, so with n envs a loop
+iteration adds n * action_repeat env steps. Updates follow the env steps deterministically: after prefill,
+`prefill_updates + train_steps * floor((step - prefill) / train_every)` updates are due.
+
+Legend: n envs, A action size.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+
+import numpy as np
+
+import checkpoint
+import configs
+import runtime
+from cli import UsageError
+from contract import ACTION_DIM, OBS_KEYS
+
+from .episodes import STAT_KEYS, EpisodeBuilder, ended, episode_stats, merge_reset
+from .evaluation import evaluate
+from .run_state import RunDir, rng_state, set_rng_state
+
+CHECKPOINT = "latest.pt"
+EPISODE_DIRS = ("train_eps", "eval_eps")
+# Config keys besides the model architecture that a resumed run must keep.
+RESUME_KEYS = ("task", "action_repeat", "actor_dist", "use_distill")
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+def build_distiller(config, agent, device):
+    """The distillation method `distill_mode` for --use_distill True (`methods.build_method`): the frozen
+    teacher from `teacher_model_path` (rebuilt from its own stored config, weights loaded strictly) and
+    the behaviour teachers stored with it.
+
+    Every way the teacher can fail to fit this run (missing or foreign file, observation type, encoder
+    mode or behaviour teachers vs `distill_mode`, sizes) is a UsageError saying what to change, raised
+    before any env starts. Pruning events are queued until the loop sets `distiller.logger`.
+    """
+    import methods
+    from methods import behaviour
+    from models.teacher_io import load_teacher
+
+    path = str(config["teacher_model_path"] or "").strip()
+    if not path:
+        raise UsageError("--use_distill True needs --teacher_model_path (the teacher.pt written by "
+                         "dreamer_pretrain.py), or run the baseline with --use_distill False")
+    if not pathlib.Path(path).expanduser().is_file():
+        raise UsageError(f"--teacher_model_path {path}: no such file (pretrain a teacher with dreamer_pretrain.py "
+                         f"and pass its teacher.pt)")
+    try:
+        method = methods.method_class(config["distill_mode"])
+    except methods.MethodError as err:
+        raise UsageError(f"--distill_mode: {err}") from None
+    try:
+        teacher, meta = load_teacher(pathlib.Path(path).expanduser(), device)
+        teachers = behaviour.load(meta, path, device)
+    except checkpoint.CheckpointError as err:
+        raise UsageError(f"--teacher_model_path: {err}") from None
+    try:
+        methods.check_compatible(config, teacher, agent.wm.obs_shapes, agent.act_dim, method)
+        behaviour.check_compatible(teachers, agent.act_dim, agent.wm.obs_shapes, method.needs)
+        distiller = methods.build_method(config, teacher, agent.wm.feat_size, teachers)
+    except (methods.MethodError, behaviour.BehaviourError) as err:
+        raise UsageError(f"--teacher_model_path {path}: {err}") from None
+    print(f"distilling from {path} ({meta['encoder_mode']} teacher, step {meta['step']}, source tasks "
+          f"{', '.join(meta['source_tasks'])}; mode {config['distill_mode']})", flush=True)
+    return distiller
+
+
+def build_agent(config, device):
+    """The student Agent for `config`, with its distiller when `use_distill` (UsageError if it cannot be built)."""
+    from agent import Agent
+    from models.world_model import obs_shapes_from
+
+    agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
+    if config.use_distill:
+        agent.attach_distiller(build_distiller(config, agent, device))
+    return agent
+
+
+def load_agent(path, device="cpu"):
+    """Rebuild a student Agent from a student checkpoint (`latest.pt`) to act or evaluate: world model and
+    behavior weights only (no distiller, no optimizer state). Returns (agent in eval mode, payload)."""
+    from agent import Agent
+    from models.world_model import obs_shapes_from
+
+    payload = checkpoint.load(path, map_location=device)
+    if "agent" not in payload:
+        raise checkpoint.CheckpointError(f"{path}: not a student checkpoint (no 'agent'; a teacher.pt?)")
+    config = configs.Config({**configs.read_blocks()["defaults"], **payload["config"]})
+    agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
+    agent.wm.load_state_dict(payload["agent"]["wm"])
+    agent.behavior.load_state_dict(payload["agent"]["behavior"])
+    agent.updates = int(payload["agent"]["updates"])
+    agent.train_mode(False)
+    return agent, payload
+
+
+def due(step: int, previous: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (previous, step]."""
+    return every > 0 and step // every > previous // every
+
+
+def _check_flags(config) -> None:
+    import envs
+
+    if config.obs not in OBS_KEYS:
+        raise UsageError(f"--obs must be one of {sorted(OBS_KEYS)}, got '{config.obs}'")
+    try:
+        envs.env_name(config.task)
+    except ValueError as err:
+        raise UsageError(f"--task: {err}") from None
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Owns the envs, replay, agent and logger of one run; `run()` trains until `steps` env steps."""
+
+    def __init__(self, config):
+        c = self.config = config
+        runtime.set_threads(c.threads)
+        self.run_dir = RunDir(c.logdir, c.resume, (CHECKPOINT,), EPISODE_DIRS)
+        self.logdir = self.run_dir.path
+        self.device = runtime.get_device(c.device)
+        runtime.set_seed(c.seed)
+        _check_flags(c)
+        self.obs_keys, self.act_dim = OBS_KEYS[c.obs], ACTION_DIM
+        # The agent (and distiller) first: a bad flag fails before any env starts or file is written.
+        self.agent = build_agent(c, self.device)
+        self.train_envs = self.eval_envs = self.logger = None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        """Lock the logdir, restore the checkpoint (if any) with its replay, then open the logger and envs."""
+        import envs
+        from replay import Replay, episode_files, load_dir
+
+        c, run_dir = self.config, self.run_dir
+        payload = run_dir.open(self.device)
+        run_dir.check_compatible(c, _resume_keys())
+        configs.save_config(c, self.logdir)
+        self.train_dir, self.eval_dir = self.logdir / "train_eps", self.logdir / "eval_eps"
+        self.train_dir.mkdir(parents=True, exist_ok=True)
+        self.eval_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.rollback(payload and {k: payload[v] for k, v in (("train_eps", "episodes"),
+                                                                   ("eval_eps", "eval_episodes")) if v in payload})
+        self.replay = Replay(load_dir(self.train_dir, keys=self.obs_keys), c.batch_size, c.batch_length,
+                             seed=c.seed, capacity=c.dataset_size)
+        self.action_rng = np.random.default_rng([c.seed, 1])
+        self.video_rng = np.random.default_rng([c.seed, 2])  # videos must not move the training batches
+        self.step, self.episodes, self.last_eval, self.last_success = 0, 0, 0, float("nan")
+        self.eval_episodes = len(episode_files(self.eval_dir))
+        if payload is not None:
+            self._restore(payload)
+        if getattr(self.agent.distiller, "warmup_due", 0):  # an offline warm start before the online phase
+            self.agent.distiller.warmup(self.agent, self.agent.distiller.source_batches(c))
+        self.logger = run_dir.logger()
+        if self.agent.distiller is not None and hasattr(self.agent.distiller, "logger"):
+            self.agent.distiller.logger = self.logger  # pruning events go to metrics.jsonl
+        # Training envs are seeded per run position so a resumed run does not replay the same positions.
+        self.train_envs = envs.VecEnv(c, c.task, c.envs, seed=c.seed + 7919 * self.episodes)
+        self.eval_envs = envs.VecEnv(c, c.task, c.eval_envs, seed=c.seed + 100_000 + 7919 * self.episodes)
+        self._train_metrics: dict[str, list] = {}
+        self._episode_stats: list[dict] = []
+
+    def _restore(self, payload: dict) -> None:
+        self.agent.load_state_dict(payload["agent"])
+        self.step, self.episodes = int(payload["step"]), int(payload["episodes"])
+        self.last_eval, self.last_success = int(payload["last_eval"]), float(payload["last_success"])
+        self.eval_episodes = int(payload.get("eval_episodes", self.eval_episodes))
+        set_rng_state(payload["rng"], self._streams())
+        print(f"resuming {self.logdir} at env step {self.step} ({self.agent.updates} updates, "
+              f"{self.replay.num_episodes} episodes in replay)", flush=True)
+
+    def _streams(self) -> dict:
+        return {"action": self.action_rng, "replay": self.replay}
+
+    # --- pieces ---------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Atomically write <logdir>/latest.pt."""
+        self.run_dir.save(CHECKPOINT, {
+            "config": self.config.to_dict(), "step": self.step, "episodes": self.episodes,
+            "eval_episodes": self.eval_episodes, "last_eval": self.last_eval, "last_success": self.last_success,
+            "agent": self.agent.state_dict(), "rng": rng_state(self._streams())})
+
+    def updates_due(self) -> int:
+        c = self.config
+        if self.step < c.prefill:
+            return 0
+        return c.prefill_updates + c.train_steps * ((self.step - c.prefill) // c.train_every)
+
+    def train_due(self) -> None:
+        """Run the updates the env steps so far call for (none until the replay holds a full window)."""
+        target = self.updates_due()
+        if self.agent.updates >= target or not self.replay.can_sample():
+            return
+        while self.agent.updates < target:
+            metrics = self.agent.train(self.replay.sample(), self.step)
+            for k, v in metrics.items():
+                self._train_metrics.setdefault(k, []).append(v)
+
+    def end_episode(self, episode: dict) -> None:
+        from replay import save_episode
+
+        path = save_episode(self.train_dir, episode)
+        self.replay.add(episode, name=str(path))
+        self.episodes += 1
+        self._episode_stats.append(episode_stats(episode))
+
+    def log(self) -> None:
+        lg = self.logger
+        for k, values in self._train_metrics.items():
+            finite = [v for v in values if math.isfinite(v)]
+            lg.scalar(f"train/{k}", np.mean(finite) if finite else float("nan"))
+        if "model_skipped" in self._train_metrics:
+            lg.scalar("train/model_skipped", float(np.sum(self._train_metrics["model_skipped"])))
+        for k in STAT_KEYS:
+            if self._episode_stats:
+                lg.scalar(f"train/{k}", np.mean([s[k] for s in self._episode_stats]))
+        lg.scalars({"train/updates": self.agent.updates, "train/episodes": self.episodes,
+                    "replay/steps": self.replay.num_steps, "perf/fps": lg.fps(self.step)})
+        lg.write(self.step)
+        self._train_metrics, self._episode_stats = {}, []
+
+    def run_eval(self) -> None:
+        from replay import save_episode
+
+        c = self.config
+        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys)
+        for ep in episodes:
+            save_episode(self.eval_dir, ep)
+        self.eval_episodes += len(episodes)
+        stats = [episode_stats(ep) for ep in episodes]
+        for k in STAT_KEYS:
+            self.logger.scalar(f"eval/{k}", np.mean([s[k] for s in stats]))
+        self.logger.scalar("eval/episodes", len(stats))
+        if "image" in episodes[0] and (c.video_every == 0):
+            self.log_videos(episodes[0])
+        self.logger.write(self.step)
+        self.last_eval, self.last_success = self.step, float(np.mean([s["success_any"] for s in stats]))
+
+    def log_videos(self, episode: dict | None = None) -> None:
+        """Eval episode frames and the world model's open-loop prediction of replayed sequences (pixel)."""
+        if episode is not None:
+            self.logger.video("eval/policy", episode["image"])
+        if "image" in self.obs_keys and self.replay.can_sample():
+            batch = self.replay.sample(batch=4, rng=self.video_rng)
+            self.logger.video("train/open_loop", self.agent.wm.open_loop(batch, self.config.open_loop_context))
+
+    # --- loop -----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Collect, train, evaluate, log and checkpoint until `steps` env steps; Ctrl-C / SIGTERM save and exit."""
+        from tqdm import tqdm
+
+        c = self.config
+        if self.step >= c.steps:
+            print(f"{self.logdir}: already done (env step {self.step} >= steps {c.steps})", flush=True)
+            return
+        bar = tqdm(total=c.steps, initial=self.step, unit="step", disable=not c.progress, dynamic_ncols=True,
+                   desc="env steps", mininterval=1.0)
+        self.logger.fps(self.step)
+        try:
+            self._loop(bar)
+        except KeyboardInterrupt:
+            bar.close()
+            self.save()
+            print(f"\ninterrupted: checkpoint saved at env step {self.step} to {self.logdir / CHECKPOINT}; "
+                  f"run the same command to resume", flush=True)
+            raise
+        bar.close()
+        if self._train_metrics or self._episode_stats:  # the tail since the last log_every
+            self.log()
+        print(f"done: {self.step} env steps, {self.agent.updates} updates, last eval success (any step) "
+              f"{self.last_success:.2f}", flush=True)
+
+    def _loop(self, bar) -> None:
+        c = self.config
+        n = self.train_envs.n
+        builder = EpisodeBuilder(n, self.obs_keys, self.act_dim)
+        obs = self.train_envs.reset()
+        for i in range(n):
+            builder.start(i, obs)
+        state = None
+        while self.step < c.steps:
+            previous = self.step
+            if self.step < c.prefill:
+                action = self.action_rng.uniform(-1.0, 1.0, (n, self.act_dim)).astype(np.float32)
+            else:
+                action, state = self.agent.policy(obs, state, training=True)
+            obs = self._env_step(builder, action)
+            self.train_due()
+            self._periodic(previous, bar)
+            bar.update(self.step - previous)
+
+    def _env_step(self, builder: EpisodeBuilder, action: np.ndarray) -> dict:
+        """Step the training envs with `action` (n, A), save finished episodes and restart their envs."""
+        obs = self.train_envs.step(action)
+        self.step += self.train_envs.n * self.config.action_repeat
+        finished = []
+        for i in range(self.train_envs.n):
+            builder.add(i, obs, action[i])
+            if ended(obs, i):
+                self.end_episode(builder.finish(i))
+                finished.append(i)
+        if finished:
+            obs = merge_reset(obs, finished, self.train_envs.reset(finished))
+            for i in finished:
+                builder.start(i, obs)
+        return obs
+
+    def _periodic(self, previous: int, bar) -> None:
+        """Evaluation, videos, logging and checkpoints whose period ends in (previous, step]."""
+        c, last = self.config, self.step >= self.config.steps
+        if due(self.step, previous, c.eval_every) or last:
+            self.run_eval()
+        if c.video_every and due(self.step, previous, c.video_every):
+            self.log_videos()
+            self.logger.write(self.step)
+        if due(self.step, previous, c.log_every):
+            self.log()
+            bar.set_postfix(updates=self.agent.updates, eval_success=f"{self.last_success:.2f}", refresh=False)
+        if due(self.step, previous, c.checkpoint_every) or last:
+            self.save()
+
+    def close(self) -> None:
+        for env in (self.train_envs, self.eval_envs):
+            if env is not None:
+                env.close()
+        if self.logger is not None:
+            self.logger.close()
+        self.run_dir.close()
+
+
+def _resume_keys() -> tuple:
+    from models.world_model import ARCH_KEYS
+
+    return (*ARCH_KEYS, *RESUME_KEYS)

@@ -1,0 +1,263 @@
+"""The multi-task teacher loop (stage 1): task-balanced updates of the teacher world model on the K
+source datasets, with optional PCGrad, diagnostics, periodic checkpoints and exact resume.
+
+Legend: B batch, T sequence length, K source tasks, N experts, P tasks present in a batch.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+import configs
+import runtime
+from cli import UsageError
+from logger import Logger
+
+from .gradients import assign, cosine_matrix, pcgrad, per_task_gradients
+from .run_state import RunDir, rng_state, set_rng_state
+from .sources import TaskBatcher, load_sources, model_keys
+
+CHECKPOINT, FINAL = "latest.pt", "teacher.pt"
+VIDEO_SEQUENCES = 2  # open-loop sequences shown per task
+DIAG_SEQUENCES = 16  # sequences used for the expert |cos| diagnostic
+
+
+def _check_flags(config) -> None:
+    if config.grad_surgery not in ("none", "pcgrad"):
+        raise UsageError(f"grad_surgery must be none | pcgrad, got '{config.grad_surgery}'")
+    if config.grad_surgery == "pcgrad" and config.task_batching != "mixed":
+        raise UsageError("grad_surgery pcgrad needs batches that mix tasks: use --task_batching mixed")
+
+
+class TeacherTrainer:
+    """Owns the data, teacher, optimizer and logger of one pretraining run; `run()` trains to
+    `pretrain_iterations` updates and writes `teacher.pt`."""
+
+    def __init__(self, config):
+        from models import TeacherWorldModel
+
+        c = self.config = config
+        self.run_dir = RunDir(c.logdir, c.resume, (CHECKPOINT, FINAL))
+        _check_flags(c)
+        runtime.set_seed(c.seed)
+        self.device = runtime.get_device(c.device)
+        runtime.set_threads(c.threads)
+        sources, self.act_dim, obs_shapes = load_sources(c)
+        keys = model_keys(c.obs)
+        self.batcher = TaskBatcher(sources, c.batch_size, c.batch_length, c.seed, c.task_batching, keys)
+        self.diag = TaskBatcher(sources, c.batch_size, c.batch_length, c.seed + 1, "mixed", keys)
+        self.model = TeacherWorldModel(c, self.act_dim, obs_shapes).to(self.device)
+        opt_cls = torch.optim.AdamW if c.weight_decay > 0 else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=c.model_lr, eps=c.model_eps, weight_decay=c.weight_decay)
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.step, self.logger = 0, None
+        self.behaviour = None  # behaviour teachers, fitted after the world model
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _streams(self) -> dict:
+        return {"batcher": self.batcher, "diag": self.diag, "pcgrad": self.generator}
+
+    def _open(self) -> None:
+        from models import TEACHER_ARCH_KEYS, compile_heavy
+
+        c, run_dir = self.config, self.run_dir
+        payload = run_dir.open(self.device)
+        run_dir.check_compatible(c, TEACHER_ARCH_KEYS, {"act_dim": self.act_dim})
+        if payload is not None:
+            self._restore(payload)
+        configs.save_config(c, run_dir.path)
+        if c.compile and self.device.type == "cuda":
+            compile_heavy(self.model)
+        self.logger = run_dir.logger()
+        resumed = run_dir.checkpoint_path
+        self.logger.event("pretrain_start", step=self.step, source_tasks=list(c.source_tasks),
+                          source_task_dirs=list(c.source_task_dirs), encoder_mode=c.teacher_encoder_mode,
+                          moe_temperature=c.moe_temperature, resumed_from=str(resumed) if resumed else None)
+
+    def _restore(self, payload: dict) -> None:
+        path = self.run_dir.checkpoint_path
+        try:
+            self.model.load_state_dict(payload["model"], strict=True)
+        except RuntimeError as err:
+            raise UsageError(f"cannot resume from {path}: {' '.join(str(err).split())[:1000]}") from None
+        if payload.get("optimizer") is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        if "rng" in payload:
+            set_rng_state(payload["rng"], self._streams())
+        print(f"resuming from {path} at update {self.step}", file=sys.stderr)
+
+    def save(self, name: str) -> None:
+        from models import teacher_payload
+
+        from methods import behaviour
+
+        extra = {"rng": rng_state(self._streams())}
+        if self.behaviour is not None:
+            extra["behaviour"] = behaviour.payload(self.behaviour)
+        self.run_dir.save(name, teacher_payload(self.model, self.optimizer, self.step, self.config, extra))
+
+    # --- one update -----------------------------------------------------------------------------------
+
+    def update(self) -> dict:
+        """One optimizer step on the batch of update `self.step`; returns its metrics (floats)."""
+        c, model = self.config, self.model
+        data = model.preprocess(self.batcher.sample(self.step))
+        weighted, metrics, _ = model.task_losses(data)
+        if not math.isfinite(metrics["model_loss"]):
+            raise FloatingPointError(f"non-finite teacher loss at update {self.step}: "
+                                     f"{ {k: v for k, v in metrics.items() if '/' not in k} }; "
+                                     f"lower --model_lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        present = sorted(set(data["task"].tolist()))
+        if c.grad_surgery == "pcgrad" and len(present) > 1:
+            grads, shared, specific, specific_sum = per_task_gradients(model, weighted, present)
+            combined, conflict = pcgrad(grads, self.generator)
+            assign(shared, combined)
+            assign(specific, specific_sum)
+            metrics["pcgrad_conflicts"] = conflict
+        else:
+            weighted.sum().backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), c.model_grad_clip))
+        if not math.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient norm at update {self.step} "
+                                     f"(loss {metrics['model_loss']:.4g}); lower --model_lr or check the data")
+        self.optimizer.step()
+        self.step += 1
+        metrics["grad_norm"] = grad_norm
+        return metrics
+
+    # --- loop -----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Train to `pretrain_iterations` updates, then write teacher.pt; Ctrl-C / SIGTERM save latest.pt."""
+        from tqdm import tqdm
+
+        total = self.config.pretrain_iterations
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.config.progress, desc="pretrain",
+                   dynamic_ncols=True)
+        self.model.train()
+        try:
+            self._loop(total, bar)
+        except KeyboardInterrupt:
+            bar.close()
+            self.save(CHECKPOINT)
+            print(f"\ninterrupted: checkpoint saved at update {self.step} to {self.run_dir.path / CHECKPOINT}; "
+                  f"run the same command to resume", file=sys.stderr, flush=True)
+            raise
+        bar.close()
+        self.fit_behaviour()
+        self.save(FINAL)
+        self.logger.event("pretrain_done", step=self.step, path=str(self.run_dir.path / FINAL))
+        print(f"teacher written to {self.run_dir.path / FINAL} (update {self.step})", file=sys.stderr)
+
+    def _loop(self, total: int, bar) -> None:
+        c = self.config
+        window = MetricWindow()
+        last_time, last_step = time.time(), self.step
+        self.logger.fps(self.step)
+        while self.step < total:
+            metrics = self.update()
+            window.add(metrics)
+            bar.update(1)
+            now = time.time()
+            if now - last_time > 2.0 or self.step == total:
+                rate = (self.step - last_step) / max(now - last_time, 1e-9)
+                last_time, last_step = now, self.step
+                bar.set_postfix(loss=f"{metrics['model_loss']:.2f}", ups=f"{rate:.2f}")
+            if self.step % c.log_every == 0 or self.step == total:
+                window.write(self.logger, "train/")
+                self.logger.scalar("train/updates_per_sec", self.logger.fps(self.step))
+                log_diagnostics(self.model, self.diag, self.step, c, self.logger)
+                self.logger.write(self.step)
+                self.logger.fps(self.step)  # the diagnostics' own time is not counted
+            if self.step % c.checkpoint_every == 0 and self.step < total:
+                self.save(CHECKPOINT)
+
+    def fit_behaviour(self) -> None:
+        """Behaviour teachers read the raw state, not the world model: fitted once it is done (cheap, seeded)."""
+        from methods import behaviour
+
+        c = self.config
+        self.behaviour = behaviour.fit(c, c.source_tasks, c.source_task_dirs, self.device,
+                                       log=lambda line: print(line, file=sys.stderr))
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+        self.run_dir.close()
+
+
+class MetricWindow:
+    """Means of metrics over the updates since the last write; a per-task metric averages over the updates
+    whose batch held that task (it is absent from the others)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def write(self, logger: Logger, prefix: str) -> None:
+        for name, value in self.sums.items():
+            logger.scalar(prefix + name, value / self.counts[name])
+        self.sums, self.counts = {}, {}
+
+
+# --- diagnostics --------------------------------------------------------------------------------------
+
+def log_diagnostics(model, diag: TaskBatcher, step: int, config, logger: Logger) -> None:
+    """Gate weights per task, expert |cos|, per-task gradient cosines on shared parameters and open-loop
+    videos, on a separate mixed batch (its own sampling stream, so training batches do not depend on how
+    often this runs)."""
+    tasks = list(config.source_tasks)
+    data = model.preprocess(diag.sample(0))
+    if model.encoder_mode == "moe":
+        _log_gates(model, data, tasks, logger)
+    present = sorted(set(data["task"].tolist()))
+    if len(present) > 1:
+        _log_gradient_cosines(model, data, present, tasks, logger)
+    if "image" in model.decoders and config.batch_length > config.open_loop_context:
+        ids = data["task"]
+        for t, name in enumerate(tasks):
+            rows = (ids == t).nonzero().flatten()[:VIDEO_SEQUENCES]
+            if len(rows):
+                sub = {key: v[rows] for key, v in data.items()}
+                logger.video(f"openloop/{name}", model.open_loop(sub, config.open_loop_context))
+
+
+def _log_gates(model, data: dict, tasks: list[str], logger: Logger) -> None:
+    with torch.no_grad():
+        weights = model.gate_weights(torch.arange(len(tasks), device=model.device)).float().cpu()  # (K, N)
+    for t, name in enumerate(tasks):
+        for i, w in enumerate(weights[t].tolist()):
+            logger.scalar(f"gate/{name}/expert{i}", w)
+    sub = {key: v[:DIAG_SEQUENCES] for key, v in data.items()}
+    for name, value in model.expert_diagnostics(sub).items():
+        logger.scalar(f"experts/{name.replace('expert_', '')}", value)
+
+
+def _log_gradient_cosines(model, data: dict, present: list[int], tasks: list[str], logger: Logger) -> None:
+    weighted, _, _ = model.task_losses(data)
+    grads, *_ = per_task_gradients(model, weighted, present)
+    model.zero_grad(set_to_none=True)
+    cos = cosine_matrix(grads).cpu()  # (P, P)
+    pairs = []
+    for a in range(len(present)):
+        for b in range(a + 1, len(present)):
+            value = float(cos[a, b])
+            pairs.append(value)
+            logger.scalar(f"grad_cos/{tasks[present[a]]}|{tasks[present[b]]}", value)
+    logger.scalar("grad_cos/mean", float(np.mean(pairs)))
+    logger.scalar("grad_cos/conflict_fraction", float(np.mean([v < 0 for v in pairs])))
