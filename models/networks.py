@@ -2,7 +2,8 @@
 encoder/decoder and the few distribution helpers the losses need.
 
 Shape legend: B batch, T time, M flattened leading dims, E embed size, F feature size,
-K source tasks, H/W image height/width, C channels, S stoch size, V classes per discrete variable.
+K source tasks, V listed task views, H/W image height/width, C channels, S stoch size, Q classes per discrete
+variable (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -219,14 +220,14 @@ def gaussian_kl(mean_q, std_q, mean_p, std_p) -> torch.Tensor:
 
 
 def categorical_kl(logit_q: torch.Tensor, logit_p: torch.Tensor) -> torch.Tensor:
-    """KL(Cat(q) || Cat(p)) per variable, summed over the S variables. Logits (..., S, V)."""
+    """KL(Cat(q) || Cat(p)) per variable, summed over the S variables. Logits (..., S, Q)."""
     logq = torch.log_softmax(logit_q.float(), -1)
     logp = torch.log_softmax(logit_p.float(), -1)
     return (logq.exp() * (logq - logp)).sum((-2, -1))
 
 
 def onehot_straight_through(logit: torch.Tensor) -> torch.Tensor:
-    """One-hot sample of Cat(logit) with straight-through gradients of the probabilities. (..., V)."""
+    """One-hot sample of Cat(logit) with straight-through gradients of the probabilities. (..., Q)."""
     probs = torch.softmax(logit, -1)
     index = torch.multinomial(probs.reshape(-1, probs.shape[-1]).float(), 1).reshape(probs.shape[:-1])
     sample = F.one_hot(index, probs.shape[-1]).to(probs.dtype)

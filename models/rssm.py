@@ -4,10 +4,11 @@ Multi-head: onehot(task) is appended to the prior input, and the final Linear la
 and of the posterior exist once per task, selected per sample so a batch may mix tasks. The GRU and
 the hidden layers are shared.
 
-Shape legend: B batch, T time, M flattened batch, K tasks/heads, S stoch size, V classes per
-discrete variable, D deter size, H hidden size, E embed size, A action size, F feature size.
+Shape legend (docs/architecture.md): B batch, T time, M flattened batch, K tasks/heads, V listed task views,
+S stoch size, Q classes per discrete variable, D deter size, U hidden units, O output size, E embed size,
+A action size, F feature size.
 State dicts: continuous {mean, std, stoch (..., S), deter (..., D)};
-discrete {logit, stoch (..., S, V), deter (..., D)}.
+discrete {logit, stoch (..., S, Q), deter (..., D)}.
 """
 from __future__ import annotations
 
@@ -38,11 +39,11 @@ class LayerNormGRUCell(nn.Module):
 
 
 class TaskHeads(nn.Module):
-    """K Linear layers (H -> O) applied per sample by task id.
+    """K Linear layers (U -> O) applied per sample by task id.
 
     An int applies one head; `TaskBlocks` applies each listed head to its block of samples in one
     batched matmul and never touches the unlisted heads; a general (M,) id tensor evaluates all K
-    heads in one einsum and gathers each sample's (K is small, so this beats gathering (M, H, O)
+    heads in one einsum and gathers each sample's (K is small, so this beats gathering (M, U, O)
     weight copies)."""
 
     def __init__(self, n_heads: int, inp: int, out: int):
@@ -57,7 +58,7 @@ class TaskHeads(nn.Module):
         if isinstance(task, TaskBlocks):
             assert len(task) == x.shape[0], (len(task), x.shape)
             index = task.index(x.device)
-            weight = self.task_weight[index].to(x.dtype)  # (V, H, O), listed heads only
+            weight = self.task_weight[index].to(x.dtype)  # (V, U, O), listed heads only
             bias = self.task_bias[index].to(x.dtype).unsqueeze(1)  # (V, 1, O)
             out = torch.baddbmm(bias, x.reshape(len(task.tasks), task.size, -1), weight)  # (V, size, O)
             return out.reshape(x.shape[0], -1)
@@ -150,7 +151,7 @@ class RSSM(nn.Module):
         stoch = prev_state["stoch"]
         if self.discrete:
             stoch = stoch.reshape(*stoch.shape[:-2], self.stoch_flat)
-        x = self.img_in(torch.cat([stoch, prev_action.to(stoch.dtype)], -1))  # (M, H)
+        x = self.img_in(torch.cat([stoch, prev_action.to(stoch.dtype)], -1))  # (M, U)
         if self.img_task is not None:
             assert task is not None, "a multi-head RSSM needs task ids"
             x = self.img_task(x, task)

@@ -1,7 +1,7 @@
 """Numerical core of OOD detection: shrinkage Gaussians, Mahalanobis and mixture scores, Fréchet
 distance, ROC metrics. Pure numpy/scipy so it can be tested without a model.
 
-Legend: M episodes (rows), K source tasks, F feature size, P positives, Q negatives.
+Legend: M episodes (rows), K source tasks, F feature size, Mp positives, Mn negatives.
 """
 from __future__ import annotations
 
@@ -174,8 +174,8 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
 # --- detection metrics ---------------------------------------------------------------------------
 
 def _check_scores(negatives: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    neg = np.asarray(negatives, dtype=np.float64).ravel()  # (Q,)
-    pos = np.asarray(positives, dtype=np.float64).ravel()  # (P,)
+    neg = np.asarray(negatives, dtype=np.float64).ravel()  # (Mn,)
+    pos = np.asarray(positives, dtype=np.float64).ravel()  # (Mp,)
     assert neg.size > 0 and pos.size > 0, f"need negatives and positives, got {neg.size} and {pos.size}"
     assert np.isfinite(neg).all() and np.isfinite(pos).all(), "scores contain NaN or inf"
     return neg, pos

@@ -1,7 +1,7 @@
 """The multi-task teacher loop (stage 1): task-balanced updates of the teacher world model on the K
 source datasets, with optional PCGrad, diagnostics, periodic checkpoints and exact resume.
 
-Legend: B batch, T sequence length, K source tasks, N experts, P tasks present in a batch.
+Legend: B batch, T sequence length, K source tasks, N experts, P tasks present in a batch (docs/architecture.md).
 """
 from __future__ import annotations
 
