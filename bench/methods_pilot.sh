@@ -17,7 +17,7 @@ $PY dreamer_pretrain.py --configs defaults metaworld metaworld_state metaworld_t
     --teacher_actor_steps 3000 --teacher_critic_steps 3000 --threads 1 --progress False --logdir $ROOT/teacher
 student() {  # mode seed
   $PY dreamer_distill.py --configs defaults metaworld metaworld_state --task metaworld_drawer_close \
-      --steps 12000 --prefill 2000 --train_every 10 --batch_length 32 --pretrain 100 --eval_every 2000 \
+      --steps 12000 --prefill 2000 --train_every 10 --batch_length 32 --prefill_updates 100 --eval_every 2000 \
       --eval_episodes 10 --threads 1 --progress False --seed $2 --use_distill True \
       --teacher_model_path $ROOT/teacher/teacher.pt --distill_mode $1 --prune_every 300 --min_active_tasks 2 \
       --logdir $ROOT/$1_s$2 > $ROOT/$1_s$2.log 2>&1
