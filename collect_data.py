@@ -21,6 +21,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import cli  # noqa: E402
 import configs  # noqa: E402
 import envs  # noqa: E402
+import stage_flags  # noqa: E402
 from collection.pool import collect  # noqa: E402
 from contract import OBS_MODES  # noqa: E402
 
@@ -33,8 +34,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="collect_data", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-        epilog="Other flags (--configs, --time_limit, --action_repeat, --size, --render_fast, --progress, ...) are "
-               "config keys.")
+        epilog="Config keys it also reads (see configs.yaml): --configs, " + ", ".join(
+            f"--{key}" for key in stage_flags.stage_keys("collect_data.py", stage_flags.CONFIG_FILE)
+            if key not in ("seed", "obs")) + ".")
     parser.add_argument("--tasks", default="", help="comma-separated metaworld_* names (default: config source_tasks)")
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task (existing ones are kept)")
     parser.add_argument("--obs", choices=OBS_MODES, default="pixel")
@@ -61,17 +63,16 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, configs.Config]:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     own = [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"]
-    config = configs.load_config(rest, description="collect_data.py config keys", extra_flags=own)
+    config = configs.load_config(rest, description="collect_data.py config keys", extra_flags=own,
+                                 stage="collect_data.py")
     _check(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or list(config.source_tasks)
     if not tasks:
         raise cli.UsageError("no tasks: pass --tasks metaworld_a,metaworld_b or a config block with source_tasks")
-    for task in tasks:
-        try:
-            envs.env_name(task)
-        except ValueError as err:
-            raise cli.UsageError(f"--tasks: {err}") from None
-    args.tasks = tasks
+    try:
+        args.tasks = envs.canonical_tasks(tasks)  # one stored spelling, whichever form was typed
+    except envs.TaskNameError as err:
+        raise cli.UsageError(f"--tasks: {err}") from None
     config.obs, config.seed = args.obs, args.seed
     return args, config
 

@@ -115,11 +115,13 @@ def _guess(text: str) -> Any:
 
 
 def load_config(argv: Sequence[str] | None = None, description: str = "", path: pathlib.Path = CONFIG_FILE,
-                extra_flags: Sequence[str] = ()) -> Config:
+                extra_flags: Sequence[str] = (), stage: str | None = None) -> Config:
     """Merge `--configs` blocks and apply typed `--key value` overrides.
 
     Unknown blocks and unknown keys are errors naming the closest valid one (among the config keys and
-    `extra_flags`, the flags a script parses itself).
+    `extra_flags`, the flags a script parses itself). With `stage` (a script name of `stage_flags.STAGES`),
+    `--help` shows that stage's flags only, a flag of another stage draws one warning line, and intervals
+    scale with a shortened run (`stage_flags.scale_intervals`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -140,6 +142,11 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
             if key not in defaults:
                 raise ConfigError(f"block '{name}' sets {_unknown_message('config key', key, defaults.keys())}")
 
+    if stage and ("-h" in rest or "--help" in rest):
+        import stage_flags
+
+        stage_flags.print_help(stage, description, merged, path)
+        raise SystemExit(0)
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config blocks, merged left to right")
     for key, value in merged.items():
@@ -161,7 +168,76 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
         except ValueError as err:
             raise ConfigError(f"--{key}: {err}") from None
     config["configs"] = names
+    _canonical_task_names(config)
+    if stage:
+        import stage_flags
+
+        for line in stage_flags.foreign_flags(stage, rest, path):
+            print(line, file=sys.stderr)
+        given = {token[2:].split("=", 1)[0] for token in rest if token.startswith("--")}
+        note = stage_flags.scale_intervals(stage, config, merged, given)
+        if note:
+            print(note, file=sys.stderr)
     return config
+
+
+def _canonical_task_names(config: Config) -> None:
+    """Store one spelling of every task name, whichever natural form was typed (envs.tasks)."""
+    from envs.tasks import TaskNameError, canonical_task, canonical_tasks
+
+    for key, canonical in (("task", canonical_task), ("source_tasks", canonical_tasks)):
+        if config.get(key):
+            try:
+                config[key] = canonical(config[key])
+            except TaskNameError as err:
+                raise ConfigError(f"--{key}: {err}") from None
+
+
+HISTORY_FILE = "config_history.jsonl"
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """key -> (old value, new value) for every key whose value differs (or exists on one side only)."""
+    missing = object()
+    changes = {}
+    for key in list(old) + [k for k in new if k not in old]:
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b:
+            changes[key] = (None if a is missing else a, None if b is missing else b)
+    return changes
+
+
+def record_config(config: dict, logdir: pathlib.Path | str, step: int = 0) -> dict[str, tuple]:
+    """Write `<logdir>/config.yaml` and keep the history of which config ran from which step.
+
+    `<logdir>/config_history.jsonl` gets one line `{"from_step", "time", "config", "changed"}` each time a
+    run (re)starts with a config that differs from the previous one, so the config of any step is the one
+    of the last line whose `from_step` is not after it. A changed config prints one warning line naming
+    the changed keys. Returns the changes (empty for a new run or an unchanged resume)."""
+    import json
+    import time
+
+    from ruamel.yaml import YAML
+
+    logdir = pathlib.Path(logdir)
+    current, history = logdir / "config.yaml", logdir / HISTORY_FILE
+    old = YAML(typ="safe", pure=True).load(current.read_text()) if current.is_file() else None
+    changes = config_changes(dict(old), dict(config)) if isinstance(old, dict) else {}
+    lines = []
+    if old is not None and not history.is_file():  # a run from before the history: its config ran first
+        lines.append({"from_step": 0, "time": current.stat().st_mtime, "config": old, "changed": {}})
+    if old is None or changes or not history.is_file():
+        lines.append({"from_step": int(step), "time": time.time(), "config": dict(config),
+                      "changed": {k: list(v) for k, v in changes.items()}})
+    if changes:
+        shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        print(f"warning: {logdir} continues at step {step} with a changed config: {shown} (earlier configs are kept "
+              f"in {history})", file=sys.stderr, flush=True)
+    save_config(config, logdir)
+    if lines:
+        with open(history, "a") as f:
+            f.writelines(json.dumps(line, default=str) + "\n" for line in lines)
+    return changes
 
 
 def save_config(config: dict, logdir: pathlib.Path | str) -> pathlib.Path:

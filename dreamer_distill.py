@@ -21,7 +21,7 @@ from training.student import Trainer
 
 def run(argv=None) -> None:
     """Parse flags and train; raises cli.UsageError for an unusable command line."""
-    config = configs.load_config(argv, description=__doc__)
+    config = configs.load_config(argv, description=__doc__, stage="dreamer_distill.py")
     os.environ.setdefault("MUJOCO_GL", config.mujoco_gl)
     trainer = Trainer(config)
     try:

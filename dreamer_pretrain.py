@@ -15,26 +15,11 @@ import cli
 import configs
 from training.teacher import TeacherTrainer
 
-HELP_KEYS = ("source_tasks", "source_task_dirs", "teacher_encoder_mode", "n_experts", "use_orthogonal",
-             "moe_temperature", "pretrain_iterations", "task_batching", "grad_surgery", "batch_size", "batch_length",
-             "log_every", "checkpoint_every", "open_loop_context", "logdir", "device", "precision", "compile",
-             "resume", "seed")
-
-
-def print_help() -> None:
-    defaults = configs.read_blocks()["defaults"]
-    print(__doc__ + "\nMain flags (any config key is a flag; --configs picks blocks of configs.yaml):")
-    for key in HELP_KEYS:
-        print(f"  --{key:<22} default {defaults[key]!r}")
-
-
 def run(argv=None) -> None:
     """Parse flags and pretrain; raises cli.UsageError for an unusable command line or input."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print_help()
-        return
-    trainer = TeacherTrainer(configs.load_config(argv, description=__doc__.splitlines()[0]))
+    config = configs.load_config(argv, description=__doc__.split("\n\n")[0], stage="dreamer_pretrain.py")
+    trainer = TeacherTrainer(config)
     try:
         trainer.run()
     finally:

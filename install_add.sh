@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# One-shot, idempotent set-up: system libraries for headless rendering, .venv with pinned packages,
-# an editable install of this project, and a one-frame Meta-World render as a self-check.
-# A second run only re-checks (a few seconds): packages are reinstalled only when requirements.txt changes.
+# One-shot, idempotent set-up: system libraries for headless rendering, .venv with the pinned packages of
+# requirements.txt, an editable install of this project into .venv (console commands comet-collect,
+# comet-pretrain, comet-distill, comet-ood, comet-quickstart; code edits take effect without reinstalling),
+# and a one-frame Meta-World render as a self-check.
+# A second run only re-checks (a few seconds): packages are reinstalled only when requirements.txt or
+# pyproject.toml change.
+#   PYTHON=python3.12 ./install_add.sh                                       # another interpreter (>= 3.10)
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu ./install_add.sh    # CPU-only torch (no CUDA download)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,7 +35,16 @@ if [ -z "$PYTHON" ]; then
     if command -v "$candidate" >/dev/null 2>&1; then PYTHON=$candidate; break; fi
   done
 fi
-[ -n "$PYTHON" ] || { echo "[install] error: no python3 found (Python 3.11 recommended)"; exit 1; }
+[ -n "$PYTHON" ] || { echo "[install] error: no python3 found; install Python 3.11 (3.10 or newer) or set PYTHON=..."; exit 1; }
+# pyproject.toml's requires-python; the pinned packages are tested on 3.11.
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "[install] error: $PYTHON is $("$PYTHON" --version 2>&1); COMET needs Python 3.10 or newer (3.11 tested); set PYTHON=python3.11"
+  exit 1
+fi
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "[install] error: the existing .venv uses $(.venv/bin/python --version 2>&1); remove .venv and run again"
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
@@ -38,12 +52,19 @@ fi
 stamp=.venv/.comet-requirements
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  log "installing pinned packages (torch 2.13.0 CPU build where available)"
-  # TORCH_INDEX_URL lets users elsewhere pick a CPU-only torch, e.g. https://download.pytorch.org/whl/cpu
   extra=()
-  [ -n "${TORCH_INDEX_URL:-}" ] && extra+=(--extra-index-url "$TORCH_INDEX_URL")
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    extra+=(--extra-index-url "$TORCH_INDEX_URL")
+    log "installing pinned packages (torch 2.13.0 from $TORCH_INDEX_URL)"
+  else
+    # PyPI's Linux torch wheel is the CUDA build (several GB of CUDA libraries, runs on a CPU too).
+    log "installing pinned packages (torch 2.13.0 as your pip index serves it: on PyPI the CUDA build;"
+    log "  for a CPU-only torch run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu ./install_add.sh)"
+  fi
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "${extra[@]}" -r requirements.txt
+  # The project itself, editable: the console commands point at this checkout.
+  .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 else
   log "packages up to date"
@@ -69,4 +90,4 @@ if ! render_check "${MUJOCO_GL:-egl}" 2>/tmp/comet-render-check.log; then
   render_check osmesa || { log "error: headless rendering does not work; see /tmp/comet-render-check.log"; exit 1; }
   log "use --mujoco_gl osmesa (or export MUJOCO_GL=osmesa) on this machine"
 fi
-log "done"
+log "done: .venv/bin/python quickstart.py runs the pipeline; the stages are also commands, e.g. .venv/bin/comet-distill --help"

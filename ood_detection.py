@@ -23,7 +23,7 @@ from ood import pipeline
 def run(argv: Sequence[str] | None = None) -> dict:
     """Parse flags and run the detection; returns the report."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return pipeline.run(configs.load_config(argv, description=__doc__.splitlines()[0]))
+    return pipeline.run(configs.load_config(argv, description=__doc__.split("\n\n")[0], stage="ood_detection.py"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

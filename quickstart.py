@@ -16,14 +16,23 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
-# Sizes per scale: episodes per source task, extra config blocks, overrides for every training stage.
+# Sizes per scale: episodes per source task, extra config blocks, overrides for the training stages
+# (each stage gets only the ones it reads).
 SCALES = {
-    "default": dict(episodes=12, blocks=["quickstart"], overrides=[]),
+    "default": dict(episodes=12, blocks=["quickstart"], overrides={}),
     # Used by the test suite: a few updates and a few hundred env steps per stage.
     "test": dict(episodes=3, blocks=["quickstart", "debug"],
-                 overrides=["--time_limit", "60", "--steps", "120", "--prefill", "60", "--eval_every", "120",
-                            "--pretrain_iterations", "3", "--batch_length", "8"]),
+                 overrides={"time_limit": "60", "steps": "120", "prefill": "60", "eval_every": "120",
+                            "pretrain_iterations": "3", "batch_length": "8"}),
 }
+
+
+def stage_flags_for(script: str, flags: dict) -> list[str]:
+    """`--key value` for the keys of `flags` that `script` reads (the others would only draw a warning)."""
+    import stage_flags
+
+    mine = set(stage_flags.stage_keys(script, stage_flags.CONFIG_FILE))
+    return [token for key, value in flags.items() if key in mine for token in (f"--{key}", str(value))]
 
 
 def relay(stream, log) -> None:
@@ -78,16 +87,20 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", choices=sorted(SCALES), default="default")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", default="0")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per stage (0: torch's default); 1 is often faster on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
     scale = SCALES[args.scale]
     root = (ROOT / args.root).resolve()
     data = root / "data"
     python = sys.executable
     tasks = ["metaworld_reach", "metaworld_drawer_close", "metaworld_door_open"]
     dirs = [str(data / t.removeprefix("metaworld_")) for t in tasks]
-    common = ["--configs", "defaults", "metaworld", *scale["blocks"], *scale["overrides"],
-              "--source_tasks", ",".join(tasks), "--source_task_dirs", ",".join(dirs),
-              "--device", args.device, "--seed", args.seed]
+    flags = {**scale["overrides"], "source_tasks": ",".join(tasks), "source_task_dirs": ",".join(dirs),
+             "device": args.device, "seed": args.seed, "threads": args.threads, "ood_threads": args.threads}
+    blocks = ["--configs", "defaults", "metaworld", *scale["blocks"]]
     marks = root / ".done"
     start = time.time()
 
@@ -98,20 +111,24 @@ def main(argv=None) -> None:
           marks / "collect", root / "logs" / "collect.log")
 
     teacher = root / "teacher"
-    stage("pretrain teacher", [python, "dreamer_pretrain.py", *common, "--logdir", str(teacher)],
+    stage("pretrain teacher",
+          [python, "dreamer_pretrain.py", *blocks, *stage_flags_for("dreamer_pretrain.py", flags),
+           "--logdir", str(teacher)],
           marks / "pretrain", root / "logs" / "pretrain.log")
 
     students = {"comet": ["--use_distill", "True", "--teacher_model_path", str(teacher / "teacher.pt")],
                 "dreamer": ["--use_distill", "False"]}
-    for name, flags in students.items():
+    for name, options in students.items():
         logdir = root / name
-        stage(f"student ({name})", [python, "dreamer_distill.py", *common, "--logdir", str(logdir), *flags],
+        stage(f"student ({name})",
+              [python, "dreamer_distill.py", *blocks, *stage_flags_for("dreamer_distill.py", flags),
+               "--logdir", str(logdir), *options],
               marks / name, root / "logs" / f"{name}.log")
 
     ood = root / "ood"
     stage("OOD detection",
-          [python, "ood_detection.py", *common, "--teacher_model_path", str(teacher / "teacher.pt"),
-           "--source_dir", ",".join(dirs), "--student_dir", str(root / "comet" / "train_eps"), "--out", str(ood)],
+          [python, "ood_detection.py", *blocks, *stage_flags_for("ood_detection.py", flags),
+           "--teacher_model_path", str(teacher / "teacher.pt"), "--source_dir", ",".join(dirs), "--student_dir", str(root / "comet" / "train_eps"), "--out", str(ood)],
           marks / "ood", root / "logs" / "ood.log")
 
     print(f"\n[quickstart] pipeline finished in {time.time() - start:.0f}s")

@@ -56,6 +56,29 @@ def read_manifest(directory: pathlib.Path) -> dict | None:
         raise UsageError(f"{path}: unreadable manifest ({err}); move it away to re-collect") from None
 
 
+def manifest_task(directory: pathlib.Path) -> str | None:
+    """The task a folder's manifest records (canonical form), or None without a manifest or task field."""
+    from envs.tasks import TaskNameError, canonical_task
+
+    manifest = read_manifest(pathlib.Path(directory)) or {}
+    recorded = manifest.get("env") or manifest.get("task")
+    if not recorded:
+        return None
+    try:
+        return canonical_task(recorded)
+    except TaskNameError:
+        return str(recorded)
+
+
+def check_folder_task(directory: pathlib.Path, task: str, flag: str) -> None:
+    """Refuse a folder whose manifest records another task than the one it is listed for (e.g. two folders
+    given in swapped order). Folders without a manifest pass: nothing says otherwise."""
+    recorded = manifest_task(directory)
+    if recorded is not None and recorded != task:
+        raise UsageError(f"{flag}: {directory} holds episodes of '{recorded}' (its {MANIFEST}), but it is listed "
+                         f"for task '{task}'; list the folders in the order of the tasks")
+
+
 def write_manifest(directory: pathlib.Path, manifest: dict) -> pathlib.Path:
     """Atomic write (temp file + rename), like the episodes."""
     text = (json.dumps(manifest, indent=2) + "\n").encode()

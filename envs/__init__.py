@@ -7,8 +7,9 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from envs.metaworld import (  # noqa: E402
-    ACTION_DIM, STATE_DIM, TASK_PREFIX, MetaWorldEnv, env_name, select_gl_backend, task_dir_name, valid_tasks,
+from envs.metaworld import ACTION_DIM, STATE_DIM, MetaWorldEnv, select_gl_backend  # noqa: E402
+from envs.tasks import (  # noqa: E402
+    PREFIX as TASK_PREFIX, TASKS, TaskNameError, canonical_task, canonical_tasks, env_name, task_dir_name, valid_tasks,
 )
 from envs.parallel import EnvWorkerError, VecEnv  # noqa: E402
 from envs.wrappers import ActionRepeat, Bookkeeping, TimeLimit  # noqa: E402
@@ -55,5 +56,5 @@ def make_env(config, task: str | None = None, seed: int = 0, index: int = 0):
 __all__ = [
     "ACTION_DIM", "STATE_DIM", "TASK_PREFIX", "ENV_KEYS", "MetaWorldEnv", "ActionRepeat", "TimeLimit", "Bookkeeping",
     "VecEnv", "EnvWorkerError", "make_env", "env_settings", "env_name", "task_dir_name", "valid_tasks",
-    "select_gl_backend",
+    "select_gl_backend", "TASKS", "TaskNameError", "canonical_task", "canonical_tasks",
 ]

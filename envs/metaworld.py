@@ -19,8 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from contract import ACTION_DIM, OBS_MODES, STATE_DIM  # noqa: F401 (re-exported by envs)
-
-TASK_PREFIX = "metaworld_"
+from envs.tasks import canonical_task, env_name
 GL_BACKENDS = ("egl", "osmesa")
 
 # metaworld raises once its own step counter reaches max_path_length; our TimeLimit decides instead.
@@ -91,36 +90,6 @@ def select_gl_backend(preferred: str = "egl", probe: bool = True) -> str:
                        + "); install libegl1 or libosmesa6 (see install_add.sh)")
 
 
-# --- task names ----------------------------------------------------------------------------------
-
-def valid_tasks() -> list[str]:
-    """All config task names, e.g. 'metaworld_drawer_close', from metaworld's v3 environment list."""
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-
-    return sorted(TASK_PREFIX + name[: -len("-v3")].replace("-", "_") for name in ALL_V3_ENVIRONMENTS)
-
-
-def env_name(task: str) -> str:
-    """Map a config task name to the Meta-World env name: 'metaworld_coffee_push' -> 'coffee-push-v3'.
-
-    The env name itself ('coffee-push-v3') is accepted too. Unknown names raise ValueError listing the valid ones.
-    """
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-
-    text = str(task).strip()
-    name = text
-    if text.startswith(TASK_PREFIX):
-        name = text[len(TASK_PREFIX):].replace("_", "-") + "-v3"
-    if name not in ALL_V3_ENVIRONMENTS:
-        raise ValueError(f"unknown task '{task}'; valid tasks: {', '.join(valid_tasks())}")
-    return name
-
-
-def task_dir_name(task: str) -> str:
-    """Folder name for a task's data: 'metaworld_drawer_close' -> 'drawer_close'."""
-    return env_name(task)[: -len("-v3")].replace("-", "_")
-
-
 # --- the environment -----------------------------------------------------------------------------
 
 class MetaWorldEnv:
@@ -138,7 +107,7 @@ class MetaWorldEnv:
         size = tuple(int(s) for s in size)
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"size must be [height, width] with positive entries, got {list(size)}")
-        self.task = task
+        self.task = canonical_task(task)
         self.name = env_name(task)
         self.obs_mode = obs
         self.size = size  # (H, W)

@@ -79,8 +79,8 @@ class VecEnv:
         if int(n) < 1:
             raise ValueError(f"VecEnv needs n >= 1 envs, got {n}")
         self.settings = envs.env_settings(config)
-        self.task = task if task is not None else (config["task"] if isinstance(config, dict) else config.task)
-        envs.env_name(self.task)  # fail fast on an unknown task, before any worker starts
+        task = task if task is not None else (config["task"] if isinstance(config, dict) else config.task)
+        self.task = envs.canonical_task(task)  # fails fast on an unknown task, before any worker starts
         self.n = int(n)
         self.seed = int(seed)
         self.timeout = float(timeout)
@@ -139,6 +139,13 @@ class VecEnv:
         """Current frames of envs `indices`: uint8 (len(indices), H, W, 3)."""
         indices = self._indices(indices)
         return np.stack(self._call("render", indices, [None] * len(indices)))
+
+    def frame(self, obs: dict, index: int = 0) -> np.ndarray:
+        """What env `index` shows now, uint8 (H, W, 3): the observed image when the envs observe pixels, else
+        a frame rendered on request (state envs render nothing per step; their videos ask here)."""
+        if "image" in obs:
+            return np.asarray(obs["image"][index])
+        return self.render([index])[0]
 
     def stats(self) -> list[dict]:
         """Per-env statistics of the current/last episode (return, length, success_any, success_final)."""

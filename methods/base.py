@@ -161,6 +161,7 @@ class TeacherMethod(Method):
     def logger(self, logger) -> None:
         self._logger = logger
         if logger is not None:
+            logger.layout(tensorboard_layout())
             for event in self._unlogged:
                 logger.event("prune", **event)
             self._unlogged = []
@@ -264,10 +265,23 @@ class TeacherMethod(Method):
         else:
             self._unlogged.append(event)
         if self.verbose:
-            print(f"[distill] pruned source task '{event['task']}' at step {event['step']} (update "
-                  f"{event['update']}, relevance EMA {event['ema']:.4f}); active: {', '.join(event['active'])}",
-                  flush=True)
+            from tqdm import tqdm  # printed above a running progress bar, not glued onto its line
+
+            tqdm.write(f"[distill] pruned source task '{event['task']}' at step {event['step']} (update "
+                       f"{event['update']}, relevance EMA {event['ema']:.4f}); active: {', '.join(event['active'])}")
         return event
+
+
+def tensorboard_layout() -> dict:
+    """One TensorBoard chart per distillation quantity with every source task in it (Custom Scalars tab);
+    the student loop logs the methods' metrics under `train/`."""
+    return {"distillation": {
+        "weight per source task (train/distill/weight_<task>)": ["train/distill/weight_.*"],
+        "relevance EMA per source task (train/distill/relevance_ema_<task>)": ["train/distill/relevance_ema_.*"],
+        "active source tasks": ["train/distill/active_tasks"],
+        "distillation loss": ["train/distill/loss", "train/distill/scale"],
+        "match / error per source task": ["train/distill/(match|reward_err|action_err|teacher_q)_.*"],
+    }}
 
 
 def check_compatible(config, teacher, student_obs_shapes: dict | None = None, act_dim: int | None = None,

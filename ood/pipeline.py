@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 import configs
+from logger import wandb_settings
 import runtime
 from contract import SUCCESS_RULES
 
@@ -76,6 +77,7 @@ class Inputs:
     split: dict  # task -> {"dir", "fit", "calib"}
     students: list
     id_files: list | None  # per task, or None without --id_dir
+    student_notes: list  # one line per student folder: how many prefill episodes were left out
 
 
 def source_split(config, tasks: list[str], obs_mode: str) -> dict:
@@ -112,9 +114,10 @@ def held_out_files(config, tasks: list[str], obs_mode: str, split: dict) -> list
 
 def gather_inputs(config, tasks: list[str], obs_mode: str) -> Inputs:
     split = source_split(config, tasks, obs_mode)
-    students = student_files(config.student_dir)
+    notes: list[str] = []
+    students = student_files(config.student_dir, skip_prefill=config.ood_skip_prefill, notes=notes)
     _check_obs(students, obs_mode, "--student_dir")
-    return Inputs(split, students, held_out_files(config, tasks, obs_mode, split))
+    return Inputs(split, students, held_out_files(config, tasks, obs_mode, split), notes)
 
 
 # --- embeddings and scores ----------------------------------------------------------------------------
@@ -196,11 +199,13 @@ def frechet_distances(emb: Embedded, tasks: list[str]) -> tuple[dict, dict]:
 
 # --- report -------------------------------------------------------------------------------------------
 
-def _student_section(config, emb: Embedded, scored: Scored, tasks, frechet) -> dict:
+def _student_section(config, emb: Embedded, scored: Scored, tasks, frechet, notes: list) -> dict:
     scores, flags = scored.student
     info = emb.student.info
     return {
         "dirs": split_list(config.student_dir),
+        "prefill_left_out": bool(config.ood_skip_prefill),
+        "selection": list(notes),
         "n": len(info),
         "ood_rate": summary.rate(flags[config.ood_score]),
         "ood_rate_by_score": {s: summary.rate(flags[s]) for s in SCORES},
@@ -239,7 +244,7 @@ def build_report(config, meta: dict, tasks, views, inputs: Inputs, emb: Embedded
         "calibration": summary.id_summary(calib_scores, calib_flags, calib_labels, tasks, flag_score),
         "in_distribution": {"source": id_source, **summary.id_summary(id_scores, id_flags, id_labels, tasks, flag_score)},
         "detection": {"negatives": id_source, **summary.detection(id_scores, student_scores)},
-        "student": _student_section(config, emb, scored, tasks, frechet),
+        "student": _student_section(config, emb, scored, tasks, frechet, inputs.student_notes),
         "frechet_calib_vs_fit": frechet_ref,
         "bins": summary.bins_summary(summary.bin_index(len(emb.student.info), bins), bins, student_scores,
                                      student_flags, success, tasks, flag_score),
@@ -308,7 +313,7 @@ def run(config) -> dict:
     runtime.set_threads(config.ood_threads)
     out = pathlib.Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    configs.save_config(config, out)
+    configs.record_config(config, out)
     start = time.time()
 
     teacher, meta = frozen_teacher(config.teacher_model_path, device)
@@ -325,7 +330,7 @@ def run(config) -> dict:
     report_io.write_csv(episode_rows(config, emb, scored, tasks), out)
     write_embeddings(out, tasks, emb, scored)
     images = write_plots(out, report, tasks, emb, scored)
-    report_io.write_tensorboard(out, report, images)
+    report_io.write_tensorboard(out, report, images, wandb=wandb_settings(config))
     for line in report_io.summary_lines(report):
         print(line)
     print(f"  wrote {out}/{report_io.REPORT_FILE}, {report_io.EPISODES_FILE}, {len(images)} plots "

@@ -67,13 +67,13 @@ def write_csv(rows: Sequence[dict], out: pathlib.Path) -> pathlib.Path:
 
 # --- plots ---------------------------------------------------------------------------------------
 
-def _figure(width: float = 6.0, height: float = 4.0):
+def _figure(width: float = 6.0, height: float = 4.0, ncols: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height), dpi=100)
+    return plt.subplots(1, ncols, figsize=(width, height), dpi=100)
 
 
 def _save(fig, path: pathlib.Path) -> np.ndarray:
@@ -116,9 +116,13 @@ def plot_roc(id_scores: dict, student_scores: dict, metrics: dict, id_label: str
              path: pathlib.Path) -> np.ndarray:
     """ROC curves of both scores (negatives: in-distribution, positives: student)."""
     fig, ax = _figure(5.0, 5.0)
-    for name in SCORES:
+    # The scores often rank episodes alike and their curves coincide: a wide pale line under a narrow
+    # dashed one with markers keeps both visible.
+    styles = [dict(linewidth=5, alpha=0.45, zorder=2), dict(linewidth=1.8, linestyle="--", marker="o",
+                                                            markersize=3, zorder=3)]
+    for name, style in zip(SCORES, styles):
         fpr, tpr, _ = stats.roc_curve(id_scores[name], student_scores[name])
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {metrics[name]['auroc']:.3f})")
+        ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{name} (AUROC {metrics[name]['auroc']:.3f})", **style)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set_xlabel(f"false-positive rate ({id_label})")
     ax.set_ylabel("true-positive rate (student)")
@@ -134,9 +138,13 @@ def plot_distances(tasks: Sequence[str], frechet: dict, reference: dict, student
     """Per source task k: Fréchet distance of the student's embeddings to task k's fit episodes (and
     of task k's calibration episodes, for scale), and the median squared Mahalanobis distance d_k of
     the student's episodes next to that of in-distribution episodes of task k itself."""
-    import matplotlib.pyplot as plt
+    return _save(distance_figure(tasks, frechet, reference, student_d, id_d, id_labels), path)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+
+def distance_figure(tasks: Sequence[str], frechet: dict, reference: dict, student_d: np.ndarray,
+                    id_d: np.ndarray, id_labels: np.ndarray):
+    """The figure of `plot_distances` (two axes of bars, legends above the tallest bar)."""
+    fig, axes = _figure(10.0, 4.0, ncols=2)
     x = np.arange(len(tasks))
     labels = [t.replace("metaworld_", "") for t in tasks]
     axes[0].bar(x - 0.2, [frechet[t] or 0.0 for t in tasks], 0.4, label="student vs task")
@@ -150,12 +158,16 @@ def plot_distances(tasks: Sequence[str], frechet: dict, reference: dict, student
     for ax in axes:
         ax.set_xticks(x, labels, rotation=30, ha="right")
         heights = [p.get_height() for p in ax.patches]
-        if any(h > 0 for h in heights):  # log scale needs a positive bar (Fréchet is n/a below 2 episodes)
+        positive = [h for h in heights if h > 0]
+        if positive:  # log scale needs a positive bar (Fréchet is n/a below 2 episodes)
             ax.set_yscale("log")
-        ax.legend()
+            low, high = min(positive), max(positive)
+            # Headroom above the tallest bar (half the shown range again) so the legend covers no bar.
+            ax.set_ylim(low / 2, high * max(high / low, 10.0) ** 0.6)
+        ax.legend(loc="upper left", fontsize="small")
     axes[0].set_title("distribution distance per source task")
     axes[1].set_title("distance to each task's Gaussian")
-    return _save(fig, path)
+    return fig
 
 
 def plot_bins(bins: list[dict], flag_score: str, path: pathlib.Path) -> np.ndarray:
@@ -175,11 +187,12 @@ def plot_bins(bins: list[dict], flag_score: str, path: pathlib.Path) -> np.ndarr
 
 # --- TensorBoard ---------------------------------------------------------------------------------
 
-def write_tensorboard(out: pathlib.Path, report: dict, images: dict[str, np.ndarray]) -> None:
-    """Aggregate scalars and the plots at step 0; per-bin scalars with the bin as the step."""
+def write_tensorboard(out: pathlib.Path, report: dict, images: dict[str, np.ndarray], wandb: dict | None = None) -> None:
+    """Aggregate scalars and the plots at step 0; per-bin scalars with the bin as the step (W&B too when
+    `wandb` holds its settings)."""
     from logger import Logger
 
-    logger = Logger(out)
+    logger = Logger(out, wandb=wandb)
     try:
         student = report["student"]
         logger.scalar("ood/student_ood_rate", student["ood_rate"])
@@ -244,7 +257,27 @@ def summary_lines(report: dict) -> list[str]:
             f"{num(v, '.3g')}" for v in report["frechet_calib_vs_fit"].values()) + ")",
         f"  student success ({s['success_rule']}): {pct(s['success_rate'])}",
     ]
+    lines += [f"  student episodes: {note}" for note in s.get("selection", [])]
+    note = closest_vs_frechet_note(s)
+    if note:
+        lines.append(note)
     for b in report.get("bins", []):
         lines.append(f"  bin {b['bin']} (n={b['n']}): OOD rate {pct(b['ood_rate'])}, "
                      f"mean {flag} score {num(b['mean_score'][flag], '.3g')}, success {pct(b['success_rate'])}")
     return lines
+
+
+def closest_vs_frechet_note(student: dict) -> str | None:
+    """One line explaining why the closest task and the smallest Fréchet distance name different tasks,
+    when they do: they measure different things."""
+    hist = student["closest_task_histogram"]
+    frechet = {t: v for t, v in student["frechet"].items() if v is not None}
+    if not hist or not frechet or not sum(hist.values()):
+        return None
+    by_episode, by_set = max(hist, key=hist.get), min(frechet, key=frechet.get)
+    if by_episode == by_set:
+        return None
+    short = lambda t: t.replace("metaworld_", "")  # noqa: E731
+    return (f"  note: most episodes lie closest to {short(by_episode)} (each episode's own distance to each task's "
+            f"Gaussian), while the set as a whole is nearest to {short(by_set)} (Fréchet compares the set's mean "
+            f"and spread with the task's); both are right, they answer different questions")

@@ -12,7 +12,7 @@ import numpy as np
 
 import replay
 from cli import UsageError
-from envs.metaworld import TASK_PREFIX
+from envs.tasks import TaskNameError, canonical_task, task_dir_name
 
 
 class OODInputError(UsageError, ValueError):
@@ -21,8 +21,19 @@ class OODInputError(UsageError, ValueError):
 
 
 def short_name(task: str) -> str:
-    """Folder name of a task under a data root: `metaworld_drawer_close` -> `drawer_close`."""
-    return task[len(TASK_PREFIX):] if task.startswith(TASK_PREFIX) else task
+    """Folder name of a task under a data root: `metaworld_drawer_close` -> `drawer_close` (a name that is no
+    Meta-World task, e.g. from an old teacher, is used as it is)."""
+    try:
+        return task_dir_name(task)
+    except TaskNameError:
+        return task
+
+
+def _canonical(task: str) -> str:
+    try:
+        return canonical_task(task)
+    except TaskNameError:
+        return task
 
 
 def split_list(spec: str | Sequence[str]) -> list[str]:
@@ -33,9 +44,10 @@ def split_list(spec: str | Sequence[str]) -> list[str]:
 
 def select_tasks(teacher_tasks: Sequence[str], wanted: Sequence[str]) -> list[int]:
     """Teacher view index of each wanted task (all teacher tasks when `wanted` is empty)."""
-    teacher_tasks = list(teacher_tasks)
+    teacher_tasks = [_canonical(t) for t in teacher_tasks]
     if not wanted:
         return list(range(len(teacher_tasks)))
+    wanted = [_canonical(t) for t in wanted]
     missing = [t for t in wanted if t not in teacher_tasks]
     if missing:
         raise OODInputError(f"the teacher has no source task {missing}; its tasks are {teacher_tasks}")
@@ -46,6 +58,12 @@ def select_tasks(teacher_tasks: Sequence[str], wanted: Sequence[str]) -> list[in
 
 def _has_episodes(path: pathlib.Path) -> bool:
     return path.is_dir() and any(path.glob("*.npz"))
+
+
+def check_folder_task(directory: pathlib.Path, task: str, flag: str) -> None:
+    from collection.manifest import check_folder_task as check
+
+    check(directory, task, flag)
 
 
 def resolve_task_dirs(spec: str | Sequence[str], tasks: Sequence[str], flag: str,
@@ -74,9 +92,13 @@ def resolve_task_dirs(spec: str | Sequence[str], tasks: Sequence[str], flag: str
                 raise OODInputError(f"{flag}: no folder for task '{task}' under {root} "
                                     f"(looked for {short_name(task)}/ and {task}/)")
             dirs.append(found[0])
-    for path in dirs:
+    for path, task in zip(dirs, tasks):
         if not path.is_dir():
             raise OODInputError(f"{flag}: folder not found: {path}")
+        try:
+            check_folder_task(path, _canonical(task), flag)
+        except UsageError as err:
+            raise OODInputError(str(err)) from None
     return dirs
 
 
@@ -91,16 +113,64 @@ def episode_files(directory: pathlib.Path, flag: str) -> list[pathlib.Path]:
     return files
 
 
-def student_files(spec: str | Sequence[str], flag: str = "--student_dir") -> list[pathlib.Path]:
+def student_files(spec: str | Sequence[str], flag: str = "--student_dir", skip_prefill: bool = False,
+                  notes: list[str] | None = None) -> list[pathlib.Path]:
     """The student's episodes: every file of each listed folder, folders in the given order, files
-    in name order within a folder (the run's episode order)."""
+    in name order within a folder (the run's episode order).
+
+    `skip_prefill`: leave out each folder's prefill episodes (`prefill_episodes`); one line per folder
+    saying how many were left out, or why none could be, is appended to `notes`."""
     dirs = split_list(spec)
     if not dirs:
         raise OODInputError(f"{flag} is empty: give the student's episode folder (<run>/train_eps)")
     files: list[pathlib.Path] = []
     for directory in dirs:
-        files.extend(episode_files(pathlib.Path(directory), flag))
+        found = episode_files(pathlib.Path(directory), flag)
+        if skip_prefill:
+            skip, note = prefill_episodes(pathlib.Path(directory), found)
+            if skip == len(found):
+                raise OODInputError(f"{flag}: all {len(found)} episodes in {directory} are prefill episodes (random "
+                                    f"actions); train the student longer or pass --ood_skip_prefill False")
+            found = found[skip:]
+            if notes is not None:
+                notes.append(note)
+        files.extend(found)
     return files
+
+
+def _env_steps(path: pathlib.Path, action_repeat: int) -> int:
+    """Env steps of one episode file, from the length in its name (`...-<L>.npz`) or its contents."""
+    stem = path.stem.rsplit("-", 1)
+    length = int(stem[1]) if len(stem) == 2 and stem[1].isdigit() else None
+    if length is None:
+        length = replay.episode_length(replay.load_episode(path))
+    return (length - 1) * action_repeat
+
+
+def prefill_episodes(directory: pathlib.Path, files: Sequence[pathlib.Path]) -> tuple[int, str]:
+    """How many of a student run's episode files (name = run order) hold prefill steps (uniform random
+    actions), and a line saying so.
+
+    The run's `config.yaml` (next to `train_eps/`) gives `prefill` and `action_repeat` (env steps). An
+    episode is left out when it started before `prefill` env steps had been taken: the counts of the
+    files before it add up to its start, also with several envs stepping together (their episodes have
+    the same length). Without that config nothing is left out."""
+    from ruamel.yaml import YAML
+
+    path = directory.parent / "config.yaml"
+    try:
+        config = YAML(typ="safe", pure=True).load(path.read_text()) if path.is_file() else None
+        prefill, repeat = int(config["prefill"]), int(config["action_repeat"])
+    except Exception:  # no run config (a plain folder of episodes) or an unreadable one
+        return 0, f"{directory}: no readable run config.yaml next to it, so prefill episodes cannot be told apart; all used"
+    start, count = 0, 0
+    for file in files:
+        if start >= prefill:
+            break
+        start += _env_steps(file, repeat)
+        count += 1
+    return count, (f"{directory}: left out {count} of {len(files)} episodes collected during prefill "
+                   f"(the first {prefill} env steps, random actions); --ood_skip_prefill False keeps them")
 
 
 def split_fit_calib(files: Sequence[pathlib.Path], fit_fraction: float, calib_fraction: float,

@@ -16,11 +16,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
 import configs
+import envs
 from methods import MethodError, build_method, check_compatible
 from models.teacher_io import teacher_payload
 from models.world_model import TeacherWorldModel, WorldModel
 
-TASKS = "abcdefghijkl"
+TASKS = list(envs.TASKS[:12])  # real task names: the config loader accepts only those
 B, T, A = 4, 8, 4
 
 
@@ -30,7 +31,7 @@ def make_config(*extra: str, obs: str = "state"):
 
 
 def make_teacher(k: int, mode: str = "moe", obs: str = "state", seed: int = 0, **overrides):
-    extra = ["--source_tasks", ",".join(f"metaworld_{t}" for t in TASKS[:k]), "--teacher_encoder_mode", mode]
+    extra = ["--source_tasks", ",".join(TASKS[:k]), "--teacher_encoder_mode", mode]
     for key, value in overrides.items():
         extra += [f"--{key}", str(value)]
     config = make_config(*extra, obs=obs)
@@ -173,7 +174,7 @@ def test_pruning_drops_lowest_ema_at_the_right_updates_and_stops_at_min_active()
     assert active[5] == [0, 2]  # update 6 drops task d (EMA 0.20)
     assert active[-1] == [0, 2]  # never below min_active_tasks
     events = d.events
-    assert [(e["update"], e["task"], e["step"]) for e in events] == [(3, "metaworld_b", 300), (6, "metaworld_d", 600)]
+    assert [(e["update"], e["task"], e["step"]) for e in events] == [(3, TASKS[1], 300), (6, TASKS[3], 600)]
     assert events[0]["ema"] == pytest.approx(0.10, abs=0.01)
 
 
@@ -225,7 +226,7 @@ def test_pruned_views_are_not_evaluated_and_get_no_gradient():
     loss, metrics = run_update(d, wm, data, 5)
     loss.backward()
     assert sorted(set(gated)) == [0, 2] and len(gated) == 2  # one gate per active view, nothing else
-    assert "distill/weight_metaworld_b" not in metrics and "distill/weight_metaworld_a" in metrics
+    assert f"distill/weight_{TASKS[1]}" not in metrics and f"distill/weight_{TASKS[0]}" in metrics
     bias_grad = d.proj.task.task_bias.grad  # (K, U): the one-hot rows of the projection input
     assert bias_grad[[1, 3]].abs().sum() == 0 and bias_grad[[0, 2]].abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())

@@ -92,11 +92,12 @@ class RunDir:
             elif name in counts:  # a checkpoint that predates a count leaves its folder as it is
                 set_aside_later_episodes(self.path / name, int(counts[name]))
 
-    def logger(self) -> Logger:
-        """The run's Logger, with rows logged after the checkpoint (or all, before the first one) set aside."""
+    def logger(self, wandb: dict | None = None) -> Logger:
+        """The run's Logger, with rows logged after the checkpoint (or all, before the first one) set aside;
+        `wandb`: the optional W&B backend's settings (`logger.wandb_settings(config)`)."""
         if self.payload is not None:
-            return Logger(self.path, resume_step=self.step)
-        return Logger(self.path, resume_step=-1 if self.had_content else None)
+            return Logger(self.path, resume_step=self.step, wandb=wandb)
+        return Logger(self.path, resume_step=-1 if self.had_content else None, wandb=wandb)
 
     # --- during and after -----------------------------------------------------------------------------
 

@@ -32,8 +32,11 @@ def _check_task_lists(tasks: list, dirs: list) -> None:
 
 def load_task_episodes(task: str, directory, config) -> dict:
     """Every usable episode of one source task's folder (UsageError when there is none)."""
+    from collection.manifest import check_folder_task
+
     needed = model_keys(config.obs)
     path = pathlib.Path(directory)
+    check_folder_task(path, task, "--source_task_dirs")
     try:
         files = replay.episode_files(path)
     except FileNotFoundError:

@@ -20,6 +20,7 @@ import configs
 import runtime
 from cli import UsageError
 from contract import ACTION_DIM, OBS_KEYS
+from logger import label_rows, wandb_settings
 
 from .episodes import STAT_KEYS, EpisodeBuilder, ended, episode_stats, merge_reset
 from .evaluation import evaluate
@@ -149,7 +150,7 @@ class Trainer:
         c, run_dir = self.config, self.run_dir
         payload = run_dir.open(self.device)
         run_dir.check_compatible(c, _resume_keys())
-        configs.save_config(c, self.logdir)
+        configs.record_config(c, self.logdir, step=int(payload["step"]) if payload is not None else 0)
         self.train_dir, self.eval_dir = self.logdir / "train_eps", self.logdir / "eval_eps"
         self.train_dir.mkdir(parents=True, exist_ok=True)
         self.eval_dir.mkdir(parents=True, exist_ok=True)
@@ -160,12 +161,14 @@ class Trainer:
         self.action_rng = np.random.default_rng([c.seed, 1])
         self.video_rng = np.random.default_rng([c.seed, 2])  # videos must not move the training batches
         self.step, self.episodes, self.last_eval, self.last_success = 0, 0, 0, float("nan")
+        self.last_video = 0  # env step of the last eval video
+        self.bar = None  # the progress bar while run() runs
         self.eval_episodes = len(episode_files(self.eval_dir))
         if payload is not None:
             self._restore(payload)
         if getattr(self.agent.distiller, "warmup_due", 0):  # an offline warm start before the online phase
             self.agent.distiller.warmup(self.agent, self.agent.distiller.source_batches(c))
-        self.logger = run_dir.logger()
+        self.logger = run_dir.logger(wandb=wandb_settings(c))
         if self.agent.distiller is not None and hasattr(self.agent.distiller, "logger"):
             self.agent.distiller.logger = self.logger  # pruning events go to metrics.jsonl
         # Training envs are seeded per run position so a resumed run does not replay the same positions.
@@ -202,14 +205,20 @@ class Trainer:
         return c.prefill_updates + c.train_steps * ((self.step - c.prefill) // c.train_every)
 
     def train_due(self) -> None:
-        """Run the updates the env steps so far call for (none until the replay holds a full window)."""
+        """Run the updates the env steps so far call for (none until the replay holds a full window).
+
+        A long block of updates (the updates right after prefill) shows its progress on the run's bar."""
         target = self.updates_due()
         if self.agent.updates >= target or not self.replay.can_sample():
             return
+        shown = time.time()
         while self.agent.updates < target:
             metrics = self.agent.train(self.replay.sample(), self.step)
             for k, v in metrics.items():
                 self._train_metrics.setdefault(k, []).append(v)
+            if self.bar is not None and time.time() - shown > 1.0:
+                shown = time.time()
+                self.bar.set_postfix(updates=f"{self.agent.updates}/{target}", eval_success=f"{self.last_success:.2f}")
 
     def end_episode(self, episode: dict) -> None:
         from replay import save_episode
@@ -238,7 +247,9 @@ class Trainer:
         from replay import save_episode
 
         c = self.config
-        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys)
+        video = c.video_every == 0 or due(self.step, self.last_video, c.video_every)
+        frames = [] if video else None
+        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys, frames=frames)
         for ep in episodes:
             save_episode(self.eval_dir, ep)
         self.eval_episodes += len(episodes)
@@ -246,18 +257,20 @@ class Trainer:
         for k in STAT_KEYS:
             self.logger.scalar(f"eval/{k}", np.mean([s[k] for s in stats]))
         self.logger.scalar("eval/episodes", len(stats))
-        if "image" in episodes[0] and (c.video_every == 0):
-            self.log_videos(episodes[0])
+        if video:
+            self.logger.video("eval/policy", np.stack(frames))  # state runs too: their frames are rendered
+            self.last_video = self.step
+        if c.video_every == 0:
+            self.log_open_loop()
         self.logger.write(self.step)
         self.last_eval, self.last_success = self.step, float(np.mean([s["success_any"] for s in stats]))
 
-    def log_videos(self, episode: dict | None = None) -> None:
-        """Eval episode frames and the world model's open-loop prediction of replayed sequences (pixel)."""
-        if episode is not None:
-            self.logger.video("eval/policy", episode["image"])
+    def log_open_loop(self) -> None:
+        """The world model's open-loop prediction of replayed sequences (pixel), rows labelled."""
         if "image" in self.obs_keys and self.replay.can_sample():
             batch = self.replay.sample(batch=4, rng=self.video_rng)
-            self.logger.video("train/open_loop", self.agent.wm.open_loop(batch, self.config.open_loop_context))
+            strip = self.agent.wm.open_loop(batch, self.config.open_loop_context)  # (B, T, 3H, W, 3)
+            self.logger.video("train/open_loop", label_rows(strip, ("truth", "model", "error")))
 
     # --- loop -----------------------------------------------------------------------------------------
 
@@ -269,11 +282,14 @@ class Trainer:
         if self.step >= c.steps:
             print(f"{self.logdir}: already done (env step {self.step} >= steps {c.steps})", flush=True)
             return
-        bar = tqdm(total=c.steps, initial=self.step, unit="step", disable=not c.progress, dynamic_ncols=True,
-                   desc="env steps", mininterval=1.0)
+        # miniters=1: redraw whenever a second has passed, also after fast prefill steps set a large stride.
+        bar = self.bar = tqdm(total=c.steps, initial=self.step, unit="step", disable=not c.progress,
+                              dynamic_ncols=True, desc="env steps", mininterval=1.0, miniters=1)
         self.logger.fps(self.step)
         try:
             self._loop(bar)
+            # The final bar shows the final values, not those of the last log_every.
+            bar.set_postfix(updates=self.agent.updates, eval_success=f"{self.last_success:.2f}")
         except KeyboardInterrupt:
             bar.close()
             self.save()
@@ -326,8 +342,9 @@ class Trainer:
         c, last = self.config, self.step >= self.config.steps
         if due(self.step, previous, c.eval_every) or last:
             self.run_eval()
+            bar.set_postfix(updates=self.agent.updates, eval_success=f"{self.last_success:.2f}", refresh=False)
         if c.video_every and due(self.step, previous, c.video_every):
-            self.log_videos()
+            self.log_open_loop()
             self.logger.write(self.step)
         if due(self.step, previous, c.log_every):
             self.log()

@@ -6,6 +6,7 @@ Legend: B batch, T sequence length, K source tasks, N experts, P tasks present i
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 
@@ -15,7 +16,7 @@ import torch
 import configs
 import runtime
 from cli import UsageError
-from logger import Logger
+from logger import Logger, label_rows, wandb_settings
 
 from .gradients import assign, cosine_matrix, pcgrad, per_task_gradients
 from .run_state import RunDir, rng_state, set_rng_state
@@ -73,10 +74,13 @@ class TeacherTrainer:
         run_dir.check_compatible(c, TEACHER_ARCH_KEYS, {"act_dim": self.act_dim})
         if payload is not None:
             self._restore(payload)
-        configs.save_config(c, run_dir.path)
+        configs.record_config(c, run_dir.path, step=self.step)
         if c.compile and self.device.type == "cuda":
             compile_heavy(self.model)
-        self.logger = run_dir.logger()
+        self.logger = run_dir.logger(wandb=wandb_settings(c))
+        if self.model.encoder_mode == "moe":  # one chart per task of its gate weights (Custom Scalars)
+            self.logger.layout({"gates": {f"gate weights of {task}": [f"gate/{re.escape(task)}/expert\\d+"]
+                                          for task in c.source_tasks}})
         resumed = run_dir.checkpoint_path
         self.logger.event("pretrain_start", step=self.step, source_tasks=list(c.source_tasks),
                           source_task_dirs=list(c.source_task_dirs), encoder_mode=c.teacher_encoder_mode,
@@ -143,7 +147,7 @@ class TeacherTrainer:
 
         total = self.config.pretrain_iterations
         bar = tqdm(total=total, initial=min(self.step, total), disable=not self.config.progress, desc="pretrain",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, miniters=1)
         self.model.train()
         try:
             self._loop(total, bar)
@@ -234,7 +238,8 @@ def log_diagnostics(model, diag: TaskBatcher, step: int, config, logger: Logger)
             rows = (ids == t).nonzero().flatten()[:VIDEO_SEQUENCES]
             if len(rows):
                 sub = {key: v[rows] for key, v in data.items()}
-                logger.video(f"openloop/{name}", model.open_loop(sub, config.open_loop_context))
+                strip = model.open_loop(sub, config.open_loop_context)  # (B, T, 3H, W, 3)
+                logger.video(f"openloop/{name}", label_rows(strip, ("truth", "model", "error")))
 
 
 def _log_gates(model, data: dict, tasks: list[str], logger: Logger) -> None:
