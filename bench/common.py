@@ -39,3 +39,16 @@ def emit(result: dict, out: str | os.PathLike = "") -> dict:
     if out:
         pathlib.Path(out).write_text(text + "\n")
     return result
+
+
+def random_teacher_batch(b: int, t: int, k: int, rng, act_dim: int = 4) -> dict:
+    """A mixed-task (B, T) pretraining batch of random 64x64 frames and actions (speed does not depend
+    on the values); numpy only, so a process running another implementation can use it too."""
+    import numpy as np
+
+    return {"image": rng.integers(0, 256, (b, t, 64, 64, 3), dtype=np.uint8),
+            "action": rng.uniform(-1, 1, (b, t, act_dim)).astype(np.float32),
+            "reward": rng.normal(size=(b, t)).astype(np.float32),
+            "discount": np.ones((b, t), np.float32),
+            "is_first": np.eye(1, t, dtype=bool).repeat(b, 0),
+            "task": np.arange(b) % k}

@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import configs  # noqa: E402
 import runtime  # noqa: E402
-from bench.common import emit, machine  # noqa: E402
+from bench.common import emit, machine, random_teacher_batch  # noqa: E402
 from models import ConvEncoder, OrthogonalMoEEncoder, TeacherWorldModel, compile_heavy  # noqa: E402
 
 A = 4
@@ -44,12 +44,7 @@ def make_config(spec: dict, precision: int = 32):
 
 
 def make_batch(b: int, t: int, k: int, rng: np.random.Generator) -> dict:
-    return {"image": rng.integers(0, 256, (b, t, 64, 64, 3), dtype=np.uint8),
-            "action": rng.uniform(-1, 1, (b, t, A)).astype(np.float32),
-            "reward": rng.normal(size=(b, t)).astype(np.float32),
-            "discount": np.ones((b, t), np.float32),
-            "is_first": np.eye(1, t, dtype=bool).repeat(b, 0),
-            "task": np.arange(b) % k}
+    return random_teacher_batch(b, t, k, rng, A)
 
 
 def sync(device: torch.device) -> None:

@@ -80,18 +80,29 @@ def mean_abs_cosine(features: torch.Tensor) -> torch.Tensor:
     return cos.abs()[..., off].mean()
 
 
-class BatchedConvExperts(nn.Module):
-    """N ConvEncoders evaluated as one grouped convolution per layer.
+# Expert execution on a CPU: one grouped convolution wins at small batches (fewer, larger kernels),
+# N separate convolutions per layer at large ones (oneDNN's grouped backward scales worse with the
+# batch). Measured crossover on a 2-core x86-64 CPU, N = 6, depth 32: docs/benchmarks.md.
+SEPARATE_FROM_IMAGES = 256
+EXPERT_PATHS = ("auto", "grouped", "separate")
 
-    The weights of layer l are stored stacked as (N, C_out, C_in, 4, 4). All experts see the same
-    image, so layer 1 is a plain conv with N*d output channels (identical to a grouped conv on an
-    N-times channel-repeated input, without materialising the copy); layers 2-4 use groups=N.
+
+class BatchedConvExperts(nn.Module):
+    """N ConvEncoders over the same images, weights stored stacked per layer as (N, C_out, C_in, 4, 4).
+
+    Two executions of the same function (same outputs and gradients up to float rounding, so the
+    choice is a pure speed choice, `path`):
+    * "grouped": layer 1 is one conv with N*d output channels (identical to a grouped conv on an
+      N-times channel-repeated input, without materialising the copy); layers 2-4 use groups=N.
+    * "separate": every expert's four layers as ordinary convolutions.
+    "auto" picks per call: grouped on CUDA and for small CPU batches, separate for CPU batches of at
+    least SEPARATE_FROM_IMAGES images.
     Input (M, H, W, C); output (M, N, E) with each expert's features flattened exactly like a
     ConvEncoder's.
     """
 
     def __init__(self, n_experts: int, depth: int = 32, channels: int = 3, act: str = "elu",
-                 size: Sequence[int] = (64, 64)):
+                 size: Sequence[int] = (64, 64), path: str = "auto"):
         super().__init__()
         self.n = n_experts
         # Build N ordinary encoders only to borrow their (PyTorch default) initialisation.
@@ -106,16 +117,40 @@ class BatchedConvExperts(nn.Module):
             self.weights.append(nn.Parameter(torch.stack([c[layer].weight.detach() for c in convs])))
             self.biases.append(nn.Parameter(torch.stack([c[layer].bias.detach() for c in convs])))
         self.act = activation(act)
+        self.path = path
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if value not in EXPERT_PATHS:
+            raise ValueError(f"expert path must be one of {EXPERT_PATHS}, got '{value}'")
+        self._path = value
+
+    def resolve_path(self, images: int, device: torch.device) -> str:
+        """The execution `forward` uses for `images` images on `device`."""
+        if self._path != "auto":
+            return self._path
+        return "separate" if device.type == "cpu" and images >= SEPARATE_FROM_IMAGES else "grouped"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         m = image.shape[0]
         x = image.permute(0, 3, 1, 2)  # (M, C, H, W)
-        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-            n, c_out, c_in = w.shape[:3]
-            x = F.conv2d(x, w.reshape(n * c_out, c_in, 4, 4), b.reshape(n * c_out), stride=2,
-                         groups=1 if layer == 0 else n)
-            x = self.act(x)  # (M, N*C_out, h, w)
-        return x.reshape(m, self.n, self.embed_size)
+        if self.resolve_path(m, image.device) == "grouped":
+            for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+                x = self.act(F.conv2d(x, w.flatten(0, 1), b.flatten(), stride=2, groups=1 if layer == 0 else self.n))
+            return x.reshape(m, self.n, self.embed_size)  # (M, N*C_out, h, w) -> (M, N, E)
+        # Each expert's whole chain on its own: its layer-1 output is then contiguous, where a channel
+        # slice of one shared layer-1 conv would be copied (and kept for backward) by every layer-2 conv.
+        outs = []
+        for i in range(self.n):
+            h = x
+            for w, b in zip(self.weights, self.biases):
+                h = self.act(F.conv2d(h, w[i], b[i], stride=2))
+            outs.append(h.reshape(m, self.embed_size))
+        return torch.stack(outs, 1)  # (M, N, E)
 
     def expert(self, i: int) -> ConvEncoder:
         """A standalone ConvEncoder holding a copy of expert i's weights (for checks and export)."""
