@@ -76,11 +76,15 @@ def cpu_median() -> float:
     return statistics.median(CPU_TIMES)
 
 
-def update_rate(spec: dict, device, warmup: int, reps: int, precision: int = 32, compile_: bool = False) -> dict:
-    """World-model updates/s (loss, backward, clip, Adam step) on one mixed-task batch."""
+def update_rate(spec: dict, device, warmup: int, reps: int, precision: int = 32, compile_: bool = False,
+                expert_path: str | None = None) -> dict:
+    """World-model updates/s (loss, backward, clip, Adam step) on one mixed-task batch. `expert_path`
+    forces the MoE experts' execution ("grouped" | "separate"; None: the per-device/batch choice)."""
     torch.manual_seed(0)
     config = make_config(spec, precision)
     model = TeacherWorldModel(config, A).to(device)
+    if expert_path is not None:
+        model.encoder.conv.path = expert_path
     if compile_:
         compile_heavy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.model_lr, eps=config.model_eps)
@@ -97,7 +101,8 @@ def update_rate(spec: dict, device, warmup: int, reps: int, precision: int = 32,
     return {"updates_per_sec": 1.0 / seconds, "sec_per_update": seconds, "cpu_sec_per_update": cpu_median(),
             "warmup": warmup, "timed": reps,
             "params": sum(p.numel() for p in model.parameters()),
-            "config": {**spec, "precision": precision, "compile": compile_}}
+            "config": {**spec, "precision": precision, "compile": compile_},
+            "expert_path": model.encoder.conv.resolve_path(config.batch_size * config.batch_length, device)}
 
 
 def encoder_cost(n: int, k: int, b: int, t: int, depth: int, device, warmup: int, reps: int) -> dict:
