@@ -1,7 +1,7 @@
 """Teacher encoders: the orthogonal mixture-of-experts encoder and the label-conditioned CNN.
 
-The N experts run as one batched op (a grouped convolution / batched matmul over stacked expert
-weights), never as N modules in a Python loop. Their features do not depend on the task, so callers
+The N experts' weights are stored stacked; the MLP experts run as batched matmuls, the conv experts as
+one grouped convolution per layer or as N plain ones (`BatchedConvExperts.path`). Their features do not depend on the task, so callers
 compute them once with `experts` and apply any number of task views with `gate`.
 
 Shape legend: B batch, T time, M = B*T flattened samples, N experts, K source tasks, E embed size,
@@ -80,9 +80,9 @@ def mean_abs_cosine(features: torch.Tensor) -> torch.Tensor:
     return cos.abs()[..., off].mean()
 
 
-# Expert execution on a CPU: one grouped convolution wins at small batches (fewer, larger kernels),
-# N separate convolutions per layer at large ones (oneDNN's grouped backward scales worse with the
-# batch). Measured crossover on a 2-core x86-64 CPU, N = 6, depth 32: docs/benchmarks.md.
+# Expert execution on a CPU: one grouped convolution is faster at small batches (fewer, larger kernels);
+# at large ones separate convolutions need a third less peak memory (N = 6, depth 32, 400 frames: 1.87
+# vs 2.84 GiB) at equal or better speed (docs/benchmarks.md, "Teacher").
 SEPARATE_FROM_IMAGES = 256
 EXPERT_PATHS = ("auto", "grouped", "separate")
 
