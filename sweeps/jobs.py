@@ -1,0 +1,102 @@
+"""The job graph of a sweep: every job is one stage-script command line with its own logdir.
+
+Layout under the sweep root (each logdir has `<logdir>.log` and, once it finished, `<logdir>.done` beside it):
+  data/                                  collect_data.py (one folder per source task)
+  teachers/<name>/                       dreamer_pretrain.py
+  students/<target>/<method>/seed<k>/    dreamer_distill.py
+  ood/<target>/<method>/seed<k>/         ood_detection.py
+  report/                                results.py
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+from sweeps.spec import Spec
+
+
+@dataclasses.dataclass
+class Job:
+    name: str                  # also the logdir relative to the sweep root
+    command: list[str]
+    logdir: pathlib.Path
+    deps: list[str]
+    num_cpus: float
+    num_gpus: float
+    after_settled: bool = False  # runs once its deps finished either way (the report), not only on success
+
+    @property
+    def log(self) -> pathlib.Path:
+        return self.logdir.with_name(self.logdir.name + ".log")
+
+    @property
+    def done_marker(self) -> pathlib.Path:
+        return self.logdir.with_name(self.logdir.name + ".done")
+
+
+def short(task: str) -> str:
+    return task.removeprefix("metaworld_")
+
+
+def as_args(flags: dict) -> list[str]:
+    """`{key: value}` as `--key value`; lists are comma-joined except `configs`, which takes several words."""
+    args = []
+    for key, value in flags.items():
+        if key == "configs":
+            args += ["--configs", *([str(v) for v in value] if isinstance(value, list) else str(value).split())]
+        elif isinstance(value, list):
+            args += [f"--{key}", ",".join(str(v) for v in value)]
+        else:
+            args += [f"--{key}", str(value)]
+    return args
+
+
+def threads(num_cpus: float) -> str:
+    return str(max(1, int(num_cpus)))
+
+
+def build(spec: Spec, python: str = sys.executable) -> list[Job]:
+    """All jobs of the sweep, each after the jobs it needs."""
+    root, res = spec.root, spec.resources
+    cpus, gpus = res["num_cpus"], res["num_gpus"]
+    jobs: list[Job] = []
+
+    def add(name: str, script: str, args: list[str], deps: list[str], **kw) -> Job:
+        job = Job(name, [python, script, *args], root / name, deps, cpus, gpus, **kw)
+        jobs.append(job)
+        return job
+
+    data_dirs = [str(root / "data" / short(t)) for t in spec.source_tasks]
+    if spec.source_tasks:
+        # Data collection runs the scripted experts on the CPU only.
+        collect = add("data", "collect_data.py", ["--tasks", ",".join(spec.source_tasks), "--out", str(root / "data"),
+                                                  "--workers", threads(cpus), *as_args(spec.collect_flags)], [])
+        collect.num_gpus = 0
+    sources = ["--source_tasks", ",".join(spec.source_tasks), "--source_task_dirs", ",".join(data_dirs)]
+    common = [*as_args(spec.flags), "--threads", threads(cpus)]
+    for name, flags in spec.teachers.items():
+        add(f"teachers/{name}", "dreamer_pretrain.py",
+            [*common, *sources, *as_args(flags), "--logdir", str(root / "teachers" / name)], ["data"])
+    students = []
+    for target in spec.targets:
+        for method in spec.methods:
+            for seed in spec.seeds:
+                name = f"students/{short(target)}/{method.name}/seed{seed}"
+                teacher = [] if method.teacher is None else [
+                    "--teacher_model_path", str(root / "teachers" / method.teacher / "teacher.pt")]
+                deps = [] if method.teacher is None else [f"teachers/{method.teacher}"]
+                students.append(add(name, "dreamer_distill.py",
+                                    [*common, *sources, *as_args(spec.student_flags), *as_args(method.flags),
+                                     *teacher, "--task", target, "--seed", str(seed), "--logdir", str(root / name)],
+                                    deps))
+                if spec.ood and method.teacher is not None:
+                    ood = f"ood/{short(target)}/{method.name}/seed{seed}"
+                    add(ood, "ood_detection.py",
+                        [*common, *sources, *teacher, "--ood_threads", threads(cpus), "--source_dir", ",".join(data_dirs),
+                         "--student_dir", str(root / name / "train_eps"), "--out", str(root / ood)], [name])
+    report = add("report", "results.py", [str(root / "students"), "--out", str(root / "report"),
+                                          *as_args(spec.report_flags)], [s.name for s in students],
+                 after_settled=True)
+    report.num_gpus = 0
+    return jobs

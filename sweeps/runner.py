@@ -1,0 +1,128 @@
+"""Run a job graph on Ray: each job a task with its num_cpus / num_gpus, started once what it needs exists.
+
+Finished jobs (done marker beside their logdir) are never started again, so re-running a sweep continues it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+from sweeps import task
+from sweeps.jobs import Job
+from sweeps.progress import Progress
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class Outcome:
+    state: str = "waiting"     # waiting | running | done | failed | blocked
+    skipped: bool = False      # already done before this run
+    result: dict | None = None
+
+
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
+    """A local Ray sized to this machine, or a running cluster (`auto` or an address)."""
+    import ray
+
+    # Workers import `sweeps.task` from this checkout (on a cluster: the same path on every node).
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
+
+
+def _ready(job: Job, outcomes: dict[str, Outcome]) -> bool | None:
+    """True: can start; False: not yet; None: can never run (a dependency failed)."""
+    states = [outcomes[d].state for d in job.deps]
+    if job.after_settled:
+        if any(s in ("waiting", "running") for s in states):
+            return False
+        return True if "done" in states or not states else None
+    if any(s in ("failed", "blocked") for s in states):
+        return None
+    return all(s == "done" for s in states)
+
+
+def _report_failure(progress: Progress, job: Job, result: dict) -> None:
+    lines = "\n".join("    | " + line for line in result["tail"][-12:])
+    progress.event(f"FAILED {job.name} (exit {result['code']}, {result['attempts']} attempt(s)); logdir {job.logdir}, "
+                   f"log {job.log}; last lines:\n{lines}")
+
+
+def run(jobs: list[Job], progress: Progress, retries: int = 2, poll_s: float = 1.0) -> dict[str, Outcome]:
+    """Drive the graph to the end; Ctrl-C cancels the running jobs (they save and resume next time)."""
+    import ray
+
+    outcomes = {job.name: Outcome() for job in jobs}
+    for job in jobs:
+        if job.done_marker.exists():
+            outcomes[job.name] = Outcome("done", skipped=True)
+    skipped = sum(o.skipped for o in outcomes.values())
+    if skipped:
+        progress.event(f"{skipped} of {len(jobs)} jobs already done; not started again")
+    remote = ray.remote(task.run_job)
+    running: dict = {}
+    try:
+        while True:
+            for job in jobs:
+                outcome = outcomes[job.name]
+                if outcome.state != "waiting":
+                    continue
+                ready = _ready(job, outcomes)
+                if ready is None:
+                    outcome.state = "blocked"
+                    progress.event(f"blocked {job.name}: a job it needs failed")
+                elif ready:
+                    ref = remote.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=job.name).remote(
+                        job.command, str(REPO), str(job.log), str(job.done_marker), int(max(1, job.num_cpus)), retries)
+                    running[ref] = job
+                    outcome.state = "running"
+                    progress.event(f"queued {job.name}")
+            counts = {s: sum(o.state == s for o in outcomes.values()) for s in ("done", "running", "failed", "waiting",
+                                                                                 "blocked")}
+            progress.status(counts)
+            if not running:
+                break
+            finished, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
+            for ref in finished:
+                job = running.pop(ref)
+                _finish(job, ref, outcomes[job.name], progress)
+    except KeyboardInterrupt:
+        progress.event(f"interrupted: stopping {len(running)} running job(s); they resume when this command runs again")
+        for ref in running:
+            ray.cancel(ref)
+        raise
+    finally:
+        progress.close()
+    return outcomes
+
+
+def _finish(job: Job, ref, outcome: Outcome, progress: Progress) -> None:
+    import ray
+
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayError as err:  # the worker died more often than Ray retries it
+        result = {"code": -1, "attempts": 0, "seconds": 0.0, "tail": task.tail(str(job.log)) + [str(err).splitlines()[0]]}
+    outcome.result = result
+    if result["code"] == 0:
+        outcome.state = "done"
+        progress.durations.append(result["seconds"])
+        progress.event(f"done {job.name} in {result['seconds']:.0f}s")
+    else:
+        outcome.state = "failed"
+        _report_failure(progress, job, result)
+
+
+def summary(outcomes: dict[str, Outcome], jobs: list[Job]) -> str:
+    counts = {s: sum(o.state == s for o in outcomes.values()) for s in ("done", "failed", "blocked")}
+    skipped = sum(o.skipped for o in outcomes.values())
+    lines = [f"{counts['done']}/{len(jobs)} jobs done ({skipped} from before, {counts['done'] - skipped} now), "
+             f"{counts['failed']} failed, {counts['blocked']} blocked"]
+    for job in jobs:
+        if outcomes[job.name].state == "failed":
+            lines.append(f"  failed: {job.name}  (log {job.log})")
+    return "\n".join(lines)

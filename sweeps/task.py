@@ -1,0 +1,92 @@
+"""One job inside a Ray task: run its command as a subprocess that dies with the worker, write the done marker.
+
+Only the standard library is imported here, so a Ray worker starts this quickly.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+
+PR_SET_PDEATHSIG = 1
+TAIL_LINES = 20
+TERM_GRACE_S = 60  # a stage script saves its checkpoint on SIGTERM/SIGINT; give it time before SIGKILL
+
+
+def _die_with_parent(parent: int):
+    """preexec hook: own process group (signals reach the whole stage), SIGTERM when the Ray worker dies."""
+    def hook():
+        os.setpgrp()
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):  # not Linux: the worker still stops the group on cancellation
+            pass
+        if os.getppid() != parent:  # the worker died before prctl took effect
+            os._exit(1)
+    return hook
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the job's process group (the stage saves), SIGKILL it if it does not exit in time."""
+    for sig, wait in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tail(path: str, lines: int = TAIL_LINES) -> list[str]:
+    """The last lines of a log, progress-bar redraws collapsed to their final state."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 64_000))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return list(deque((line.split("\r")[-1] for line in text.splitlines() if line.strip()), maxlen=lines))
+
+
+def write_done(path: str, record: dict) -> None:
+    """Atomically: a reader sees no marker or a complete one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_job(command: list[str], cwd: str, log: str, done: str, threads: int, retries: int = 2) -> dict:
+    """Run `command` until it exits by itself; a run killed by a signal resumes from its logdir (`retries` times).
+
+    Returns exit code, attempts, seconds and the log's last lines. Exit 0 writes the done marker.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    start, code, attempt = time.time(), None, 0
+    for attempt in range(1, retries + 2):
+        with open(log, "ab") as f:
+            f.write(f"=== attempt {attempt} on {os.uname().nodename}: {subprocess.list2cmdline(command)}\n".encode())
+            f.flush()
+            process = subprocess.Popen(command, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                       preexec_fn=_die_with_parent(os.getpid()))
+            try:
+                code = process.wait()
+            except BaseException:  # cancelled (driver Ctrl-C) or the worker is shutting down
+                _stop(process)
+                raise
+        if code >= 0:  # exited by itself: finished or failed for a reason a retry would not change
+            break
+    seconds = time.time() - start
+    if code == 0:
+        write_done(done, {"command": command, "seconds": seconds, "attempts": attempt, "host": os.uname().nodename})
+    return {"code": code, "attempts": attempt, "seconds": seconds, "tail": tail(log)}
