@@ -79,9 +79,10 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
         add(f"teachers/{name}", "dreamer_pretrain.py",
             [*common, *sources, *as_args(flags), "--logdir", str(root / "teachers" / name)], ["data"])
     students = []
-    for target in spec.targets:
-        for method in spec.methods:
-            for seed in spec.seeds:
+    # Seed-major order: a sweep stopped early holds whole seeds (every target x method), not whole methods.
+    for seed in spec.seeds:
+        for target in spec.targets:
+            for method in spec.methods:
                 name = f"students/{short(target)}/{method.name}/seed{seed}"
                 teacher = [] if method.teacher is None else [
                     "--teacher_model_path", str(root / "teachers" / method.teacher / "teacher.pt")]

@@ -46,10 +46,44 @@ def _ready(job: Job, outcomes: dict[str, Outcome]) -> bool | None:
     return all(s == "done" for s in states)
 
 
+def _capacity(running: dict) -> dict:
+    """CPUs and GPUs of the cluster not held by this sweep's running jobs (nodes may join or leave)."""
+    import ray
+
+    total = ray.cluster_resources()
+    return {"CPU": total.get("CPU", 0.0) - sum(j.num_cpus for j in running.values()),
+            "GPU": total.get("GPU", 0.0) - sum(j.num_gpus for j in running.values())}
+
+
+def _fits(job: Job, free: dict) -> bool:
+    return job.num_cpus <= free["CPU"] + 1e-9 and job.num_gpus <= free["GPU"] + 1e-9
+
+
 def _report_failure(progress: Progress, job: Job, result: dict) -> None:
     lines = "\n".join("    | " + line for line in result["tail"][-12:])
     progress.event(f"FAILED {job.name} (exit {result['code']}, {result['attempts']} attempt(s)); logdir {job.logdir}, "
                    f"log {job.log}; last lines:\n{lines}")
+
+
+def _submit_ready(order: list[Job], outcomes: dict, running: dict, remote, progress: Progress, retries: int) -> None:
+    """Start every job whose inputs exist, as far as the cluster has room; mark those that never can run."""
+    free = _capacity(running)
+    for job in order:
+        outcome = outcomes[job.name]
+        if outcome.state != "waiting":
+            continue
+        ready = _ready(job, outcomes)
+        if ready is None:
+            outcome.state = "blocked"
+            progress.event(f"blocked {job.name}: a job it needs failed")
+        elif ready and (not running or _fits(job, free)):
+            # Submitting only what the cluster can start now keeps 'running' true and the order ours.
+            ref = remote.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=job.name).remote(
+                job.command, str(REPO), str(job.log), str(job.done_marker), int(max(1, job.num_cpus)), retries)
+            running[ref] = job
+            free = {"CPU": free["CPU"] - job.num_cpus, "GPU": free["GPU"] - job.num_gpus}
+            outcome.state = "running"
+            progress.event(f"started {job.name}")
 
 
 def run(jobs: list[Job], progress: Progress, retries: int = 2, poll_s: float = 1.0) -> dict[str, Outcome]:
@@ -64,23 +98,13 @@ def run(jobs: list[Job], progress: Progress, retries: int = 2, poll_s: float = 1
     if skipped:
         progress.event(f"{skipped} of {len(jobs)} jobs already done; not started again")
     remote = ray.remote(task.run_job)
+    needed = {d for job in jobs for d in job.deps}
+    # Jobs others wait for (data, teachers) go first; the rest keep the spec's order.
+    order = sorted(jobs, key=lambda j: j.name not in needed)
     running: dict = {}
     try:
         while True:
-            for job in jobs:
-                outcome = outcomes[job.name]
-                if outcome.state != "waiting":
-                    continue
-                ready = _ready(job, outcomes)
-                if ready is None:
-                    outcome.state = "blocked"
-                    progress.event(f"blocked {job.name}: a job it needs failed")
-                elif ready:
-                    ref = remote.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=job.name).remote(
-                        job.command, str(REPO), str(job.log), str(job.done_marker), int(max(1, job.num_cpus)), retries)
-                    running[ref] = job
-                    outcome.state = "running"
-                    progress.event(f"queued {job.name}")
+            _submit_ready(order, outcomes, running, remote, progress, retries)
             counts = {s: sum(o.state == s for o in outcomes.values()) for s in ("done", "running", "failed", "waiting",
                                                                                  "blocked")}
             progress.status(counts)

@@ -14,15 +14,18 @@ from collections import deque
 
 PR_SET_PDEATHSIG = 1
 TAIL_LINES = 20
-TERM_GRACE_S = 60  # a stage script saves its checkpoint on SIGTERM/SIGINT; give it time before SIGKILL
+TERM_GRACE_S = 60  # a stage script saves its checkpoint on SIGINT (Ctrl-C); give it time before SIGKILL
 
 
 def _die_with_parent(parent: int):
-    """preexec hook: own process group (signals reach the whole stage), SIGTERM when the Ray worker dies."""
+    """preexec hook: own process group (signals reach the whole stage), SIGINT when the Ray worker dies.
+
+    SIGINT is the signal every stage script answers by saving its checkpoint and exiting.
+    """
     def hook():
         os.setpgrp()
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
         except (OSError, AttributeError):  # not Linux: the worker still stops the group on cancellation
             pass
         if os.getppid() != parent:  # the worker died before prctl took effect
@@ -31,8 +34,8 @@ def _die_with_parent(parent: int):
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the job's process group (the stage saves), SIGKILL it if it does not exit in time."""
-    for sig, wait in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 10)):
+    """SIGINT the job's process group (the stage saves), SIGKILL it if it does not exit in time."""
+    for sig, wait in ((signal.SIGINT, TERM_GRACE_S), (signal.SIGKILL, 10)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:

@@ -1,0 +1,1 @@
+"""Results of student runs: loading eval curves, per-target tables, rliable aggregates, plots, the report."""

@@ -1,0 +1,75 @@
+"""Student runs from their logdirs: eval curves from metrics.jsonl, settings from config.yaml."""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import pathlib
+import re
+
+import numpy as np
+
+import tools
+
+EVAL_KEYS = {"success": "eval/success_any", "success_final": "eval/success_final", "return": "eval/return"}
+SEED_DIR = re.compile(r"seed(\d+)$")
+
+
+@dataclasses.dataclass
+class Run:
+    path: pathlib.Path
+    target: str
+    method: str
+    seed: int
+    steps: np.ndarray                   # (E,) env steps of the evaluations
+    curves: dict[str, np.ndarray]       # EVAL_KEYS name -> (E,)
+    eval_episodes: int
+    total_steps: int                    # the run's configured env steps
+    config: dict
+
+    @property
+    def complete(self) -> bool:
+        return len(self.steps) > 0 and self.steps[-1] >= self.total_steps
+
+
+def method_of(config: dict) -> str:
+    """Sweep layouts name the method by folder; elsewhere the config does (Dreamer without distillation)."""
+    return str(config.get("distill_mode", "comet")) if config.get("use_distill") else "dreamer"
+
+
+def read_run(path: pathlib.Path) -> Run:
+    from ruamel.yaml import YAML
+
+    config = YAML(typ="safe", pure=True).load((path / "config.yaml").read_text())
+    rows: dict[int, dict] = {}
+    with open(path / "metrics.jsonl") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise tools.ConfigError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line") from None
+            if EVAL_KEYS["success"] in row:
+                rows[int(row["step"])] = row  # a repeated step keeps its last value
+    steps = np.array(sorted(rows), dtype=np.int64)
+    curves = {name: np.array([float(rows[s].get(key, np.nan)) for s in steps]) for name, key in EVAL_KEYS.items()}
+    match = SEED_DIR.search(path.name)
+    if match and path.parent.parent != path.parent:
+        target, method, seed = path.parent.parent.name, path.parent.name, int(match.group(1))
+    else:
+        target, method, seed = str(config["task"]).removeprefix("metaworld_"), method_of(config), int(config["seed"])
+    return Run(path, target, method, seed, steps, curves, int(config["eval_episodes"]), int(config["steps"]), config)
+
+
+def find_runs(patterns: list[str]) -> list[Run]:
+    """Every folder with metrics.jsonl and config.yaml under the given folders or globs, sorted."""
+    found: set[pathlib.Path] = set()
+    for pattern in patterns:
+        matches = [pathlib.Path(p) for p in sorted(glob.glob(pattern))] or [pathlib.Path(pattern)]
+        for match in matches:
+            if not match.exists():
+                raise tools.ConfigError(f"{pattern}: no such file or folder")
+            for metrics in [match / "metrics.jsonl", *match.rglob("metrics.jsonl")]:
+                if metrics.is_file() and (metrics.parent / "config.yaml").is_file():
+                    found.add(metrics.parent.resolve())
+    runs = [read_run(p) for p in sorted(found)]
+    return sorted(runs, key=lambda r: (r.target, r.method, r.seed, str(r.path)))

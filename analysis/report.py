@@ -1,0 +1,110 @@
+"""results.md, results.json and results.csv from a Table and its rliable estimates."""
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import subprocess
+
+import numpy as np
+
+from analysis import plots, stats
+from analysis.aggregate import Table
+
+SUCCESS_RULE = ("an episode succeeds when info['success'] is true at any step (success_any); success at the last "
+                "step (success_final) is reported beside it")
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=pathlib.Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def protocol(table: Table, runs: list, seed: int) -> dict:
+    eval_episodes = sorted({r.eval_episodes for r in runs if r.method in table.methods})
+    return {"success_rule": SUCCESS_RULE, "policy": "deterministic (mode action)",
+            "eval_episodes": eval_episodes, "prefill": "random prefill episodes are training data only; every "
+            "success figure comes from separate evaluation episodes",
+            "env_steps": int(table.steps[-1]), "eval_steps": table.steps.tolist(), "final_score":
+            f"mean of the last {table.last} evaluations", "auc": "trapezoid area under the success curve divided "
+            "by the evaluated step range", "ci": f"{int(stats.CI * 100)}% stratified bootstrap (rliable, "
+            f"{stats.REPS} reps, numpy seed {seed})", "seeds": table.seeds, "targets": table.targets,
+            "commit": commit()}
+
+
+def _fmt(estimate) -> str:
+    point, low, high = estimate
+    return f"{point:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def per_target_rows(table: Table) -> list[dict]:
+    rows = []
+    for method in table.methods:
+        final, final_last, auc = table.final(method), table.final(method, "success_final"), table.auc(method)
+        ret = table.final(method, "return")
+        for j, target in enumerate(table.targets):
+            rows.append({"target": target, "method": method, "seeds": len(table.seeds[method]),
+                         "final_success": float(final[:, j].mean()), "final_success_std": float(final[:, j].std()),
+                         "final_success_laststep": float(final_last[:, j].mean()), "auc": float(auc[:, j].mean()),
+                         "final_return": float(ret[:, j].mean()),
+                         "per_seed_final": [float(v) for v in final[:, j]]})
+    return sorted(rows, key=lambda r: (r["target"], r["method"]))
+
+
+def markdown(table: Table, proto: dict, rows: list[dict], agg: dict, poi: dict, notes: list[str]) -> str:
+    lines = ["# Results", "", "## Protocol", ""]
+    lines += [f"* {key}: {value}" for key, value in proto.items()]
+    lines += ["", f"## Per target (final score = {proto['final_score']}; mean ± std over seeds)", "",
+              "| target | method | seeds | final success | final success (last step) | AUC | final return |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['method']} | {r['seeds']} | {r['final_success']:.3f} ± {r['final_success_std']:.3f}"
+              f" | {r['final_success_laststep']:.3f} | {r['auc']:.3f} | {r['final_return']:.1f} |" for r in rows]
+    lines += ["", "## Across targets (final success, 95% CI)", "", "| method | IQM | mean |", "|---|---|---|"]
+    lines += [f"| {m} | {_fmt(agg[m]['iqm'])} | {_fmt(agg[m]['mean'])} |" for m in table.methods]
+    if poi:
+        lines += ["", "## Probability of improvement P(row > column), 95% CI", "",
+                  "| | " + " | ".join(table.methods) + " |", "|---" * (len(table.methods) + 1) + "|"]
+        for x in table.methods:
+            cells = ["—" if x == y else _fmt(poi[(x, y)]) for y in table.methods]
+            lines.append(f"| {x} | " + " | ".join(cells) + " |")
+    lines += ["", "## Plots", "", "![curves](curves.png)", "", "![IQM curves](iqm_curves.png)", "",
+              "![performance profiles](profiles.png)", ""]
+    if notes:
+        lines += ["## Left out", ""] + [f"* {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: int, reps: int) -> pathlib.Path:
+    out.mkdir(parents=True, exist_ok=True)
+    proto = protocol(table, runs, seed)
+    rows = per_target_rows(table)
+    agg, poi = stats.aggregates(table, seed, reps), stats.improvement(table, seed, reps)
+    curves = stats.iqm_curves(table, seed, reps)
+    taus, prof = stats.profiles(table, seed, reps)
+    plots.curves(table, out / "curves.png")
+    plots.iqm_curves(table, curves, out / "iqm_curves.png")
+    plots.profiles(table, taus, prof, out / "profiles.png")
+    (out / "results.md").write_text(markdown(table, proto, rows, agg, poi, notes))
+    payload = {"protocol": proto, "per_target": rows, "aggregate": agg,
+               "probability_of_improvement": {f"{x} > {y}": v for (x, y), v in poi.items()},
+               "iqm_curves": {m: {"steps": table.steps.tolist(), "iqm": c[0].tolist(), "low": c[1].tolist(),
+                                  "high": c[2].tolist()} for m, c in curves.items()},
+               "profiles": {"tau": taus.tolist(), **{m: [v.tolist() for v in p] for m, p in prof.items()}},
+               "curves": {m: {"steps": table.steps.tolist(), "per_seed_target": table.curves[m].tolist()}
+                          for m in table.methods},
+               "left_out": notes}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_plain))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "per_seed_final"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "results.md"
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value))

@@ -1,0 +1,49 @@
+"""Aggregate student runs into results.md / .json / .csv and PNG plots (rliable IQM, mean, 95% CIs).
+
+  python results.py runs/sweeps/my_sweep/students --out runs/sweeps/my_sweep/report
+  python results.py 'runs/comet_*' 'runs/dreamer_*' --out report --last 3
+
+A folder is searched recursively for runs (metrics.jsonl + config.yaml). In a sweep layout
+(<target>/<method>/seed<k>) the folders name target, method and seed; elsewhere the run's config does.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import tools
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("runs", nargs="+", help="run folders, folders holding runs, or globs")
+    parser.add_argument("--out", required=True, help="folder for results.md, results.json, results.csv and plots")
+    parser.add_argument("--last", type=int, default=3, help="evaluations averaged into the final score")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (same seed, same intervals)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
+    args = parser.parse_args(argv)
+    if args.last < 1 or args.reps < 10:
+        parser.error(f"need --last >= 1 and --reps >= 10, got {args.last} and {args.reps}")
+
+    from analysis import aggregate, load, report
+
+    try:
+        runs = load.find_runs(args.runs)
+        if not runs:
+            raise tools.ConfigError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
+        table, notes = aggregate.build(runs, args.last)
+    except (tools.ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}")
+    path = report.write(table, runs, notes, pathlib.Path(args.out), args.seed, args.reps)
+    print(path.read_text().split("## Plots")[0].rstrip())
+    print(f"\nwritten: {path} (+ results.json, results.csv, curves.png, iqm_curves.png, profiles.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
