@@ -38,12 +38,15 @@ def main(argv=None) -> int:
         for job in jobs:
             print(f"{job.name}: {shlex.join(job.command)}")
         return 0
-    runner.init_ray(args.address, args.num_cpus, args.num_gpus)
     progress = Progress(len(jobs))
-    try:
-        outcomes = runner.run(jobs, progress, retries=args.retries)
-    except KeyboardInterrupt:
-        return 130
+    if all(job.done_marker.exists() for job in jobs):
+        outcomes = {job.name: runner.Outcome("done", skipped=True) for job in jobs}  # nothing to run: no Ray
+    else:
+        runner.init_ray(args.address, args.num_cpus, args.num_gpus)
+        try:
+            outcomes = runner.run(jobs, progress, retries=args.retries)
+        except KeyboardInterrupt:
+            return 130
     print(runner.summary(outcomes, jobs), flush=True)
     report = spec.root / "report" / "results.md"
     if report.exists():

@@ -1,0 +1,203 @@
+"""sweep.py on a real local Ray (2 CPUs) with tiny state-mode runs, and results.py on known synthetic scores."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STUDENT = {"steps": 160, "eval_every": 80, "checkpoint_every": 80, "log_every": 80}
+
+
+def write_spec(path: pathlib.Path, root: pathlib.Path, methods: dict, teachers: bool) -> pathlib.Path:
+    from ruamel.yaml import YAML
+
+    spec = {"root": str(root), "resources": {"num_cpus": 1},
+            "flags": {"configs": ["defaults", "metaworld", "quickstart", "debug"], "progress": False},
+            "students": {"targets": ["metaworld_drawer_close"], "seeds": [0, 1], "flags": STUDENT, "methods": methods},
+            "report": {"reps": 200, "last": 1}}
+    if teachers:
+        spec["collect"] = {"tasks": ["metaworld_reach", "metaworld_door_open"],
+                           "flags": {"episodes": 2, "obs": "state", "time_limit": 40}}
+        spec["teachers"] = {"moe": {"flags": {"pretrain_iterations": 3}}}
+    with open(path, "w") as f:
+        YAML().dump(spec, f)
+    return path
+
+
+def sweep(spec: pathlib.Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "sweep.py", str(spec), "--num_cpus", "2"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+
+
+def stage_pids(logdir: pathlib.Path) -> list[int]:
+    """Processes whose command line runs a stage script on `logdir`."""
+    pids = []
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(logdir).encode() in cmd and any(c.endswith(b"dreamer_distill.py") for c in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+def eval_steps(logdir: pathlib.Path) -> list[int]:
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "eval/success_any" in r]
+
+
+def wait_for(condition, timeout: float, what: str):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def end_session(process: subprocess.Popen) -> None:
+    """Ray's agents of a driver killed with SIGKILL outlive it in its session; stop what is left."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_sweep_finishes_survives_a_killed_job_and_is_idempotent(tmp_path):
+    root = tmp_path / "sweep"
+    spec = write_spec(tmp_path / "spec.yaml", root, {
+        "dreamer": {"flags": {"use_distill": False}},
+        "comet": {"teacher": "moe", "flags": {"use_distill": True}}}, teachers=True)
+    victim = root / "students/drawer_close/dreamer/seed0"
+    killed = []
+
+    def kill_victim_after_first_checkpoint():
+        pids = wait_for(lambda: (victim / "latest.pt").exists() and stage_pids(victim), 120, "the victim's first checkpoint")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed.extend(pids)
+
+    watcher = threading.Thread(target=kill_victim_after_first_checkpoint, daemon=True)
+    process = sweep(spec)
+    watcher.start()
+    try:
+        out, _ = process.communicate(timeout=400)
+    finally:
+        end_session(process)
+    watcher.join(1)
+    assert process.returncode == 0, out
+    assert killed, "the victim was never killed mid-run"
+    assert "=== attempt 2" in (victim.parent / "seed0.log").read_text()
+    for method in ("dreamer", "comet"):
+        for seed in (0, 1):
+            run = root / f"students/drawer_close/{method}/seed{seed}"
+            steps = eval_steps(run)
+            assert steps == sorted(set(steps)) and steps[-1] == STUDENT["steps"], (run, steps)
+            assert (run.parent / f"seed{seed}.done").exists()
+    report = (root / "report/results.md").read_text()
+    assert "| drawer_close | comet | 2 |" in report and "| drawer_close | dreamer | 2 |" in report, report
+
+    again = sweep(spec)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, out
+    assert "7/7 jobs done (7 from before, 0 now)" in out and "[sweep] started" not in out, out
+
+
+def test_killed_driver_continues_and_a_bad_flag_is_reported(tmp_path):
+    root = tmp_path / "sweep"
+    spec = write_spec(tmp_path / "spec.yaml", root, {
+        "dreamer": {"flags": {"use_distill": False}},
+        "broken": {"flags": {"use_distill": False, "no_such_flag": 1}}}, teachers=False)
+    running = root / "students/drawer_close/dreamer/seed0"
+    process = sweep(spec)
+    try:
+        pids = wait_for(lambda: (running / "metrics.jsonl").exists() and stage_pids(running), 120, "a running student")
+        process.kill()
+        process.wait()
+        # The stage process dies with its Ray worker instead of running on as an orphan.
+        wait_for(lambda: not any(pathlib.Path(f"/proc/{pid}").exists() for pid in pids), 30, "the stage to exit")
+    finally:
+        end_session(process)
+    assert not (running.parent / "seed0.done").exists()
+
+    again = sweep(spec)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 1, out  # the broken runs failed
+    assert "FAILED students/drawer_close/broken/seed0" in out and "no_such_flag" in out, out
+    for seed in (0, 1):
+        run = root / f"students/drawer_close/dreamer/seed{seed}"
+        steps = eval_steps(run)
+        assert steps == sorted(set(steps)) and steps[-1] == STUDENT["steps"], (run, steps)
+    report = (root / "report/results.md").read_text()
+    assert "| drawer_close | dreamer | 2 |" in report and "broken" not in report.split("## Left out")[0], report
+
+
+def test_bad_spec_is_one_line(tmp_path, capsys):
+    import sweep as sweep_main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("root: x\nstudents: {targets: [metaworld_drawer_close], methods: {a: {teacher: moe}}}\n")
+    assert sweep_main.main([str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(spec) in err and "teacher 'moe'" in err, err
+
+
+# --- results.py -------------------------------------------------------------------------------------------
+
+FINAL = {  # method -> target -> per-seed final success (the last evaluation)
+    "comet": {"drawer_close": [0.0, 0.5, 1.0, 1.0], "handle_press": [0.2, 0.4, 0.6, 0.9]},
+    "dreamer": {"drawer_close": [0.0, 0.1, 0.2, 0.3], "handle_press": [0.0, 0.0, 0.5, 0.1]},
+}
+
+
+def synthetic_runs(root: pathlib.Path) -> None:
+    from ruamel.yaml import YAML
+
+    for method, targets in FINAL.items():
+        for target, finals in targets.items():
+            for seed, final in enumerate(finals):
+                run = root / target / method / f"seed{seed}"
+                run.mkdir(parents=True)
+                with open(run / "config.yaml", "w") as f:
+                    YAML().dump({"task": f"metaworld_{target}", "seed": seed, "eval_episodes": 20, "steps": 300,
+                                 "use_distill": method != "dreamer", "distill_mode": "comet"}, f)
+                rows = [{"step": 100, "eval/success_any": 0.0, "eval/success_final": 0.0, "eval/return": 1.0},
+                        {"step": 150, "train/loss": 3.0},
+                        {"step": 200, "eval/success_any": final / 2, "eval/success_final": 0.0, "eval/return": 2.0},
+                        {"step": 300, "eval/success_any": final, "eval/success_final": final, "eval/return": 3.0}]
+                (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_results_known_values_and_reproducible(tmp_path):
+    import results
+
+    synthetic_runs(tmp_path / "runs")
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert results.main([str(tmp_path / "runs"), "--out", str(out), "--last", "1", "--reps", "500"]) == 0
+    for name in ("results.md", "results.json", "results.csv", "curves.png", "iqm_curves.png", "profiles.png"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    data = json.loads((outs[0] / "results.json").read_text())
+    for method, targets in FINAL.items():
+        scores = np.sort(np.concatenate(list(targets.values())))  # 8 scores: IQM is the mean of the middle 4
+        iqm, low_iqm, high_iqm = data["aggregate"][method]["iqm"]
+        mean, low_mean, high_mean = data["aggregate"][method]["mean"]
+        assert iqm == pytest.approx(scores[2:6].mean()) and mean == pytest.approx(scores.mean()), method
+        assert low_iqm <= iqm <= high_iqm and low_mean <= mean <= high_mean and low_mean < high_mean, method
+        for row in (r for r in data["per_target"] if r["method"] == method):
+            assert row["final_success"] == pytest.approx(np.mean(targets[row["target"]]))
+            # Trapezoid over steps 100..300 of (0, f/2, f), divided by the range 200: f/2.
+            assert row["auc"] == pytest.approx(np.mean(targets[row["target"]]) / 2)
+    assert data["protocol"]["eval_episodes"] == [20] and data["protocol"]["eval_steps"] == [100, 200, 300]
+    assert 0.5 < data["probability_of_improvement"]["comet > dreamer"][0] <= 1.0
