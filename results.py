@@ -12,8 +12,6 @@ import argparse
 import pathlib
 import sys
 
-import tools
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -32,9 +30,9 @@ def main(argv=None) -> int:
     try:
         runs = load.find_runs(args.runs)
         if not runs:
-            raise tools.ConfigError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
+            raise ValueError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
         table, notes = aggregate.build(runs, args.last)
-    except (tools.ConfigError, ValueError) as err:
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for note in notes:

@@ -11,8 +11,6 @@ import argparse
 import shlex
 import sys
 
-import tools
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -30,7 +28,7 @@ def main(argv=None) -> int:
 
     try:
         spec = spec_module.load(args.spec, runner.REPO)
-    except tools.ConfigError as err:
+    except spec_module.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     jobs = job_graph.build(spec)

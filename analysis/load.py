@@ -9,8 +9,6 @@ import re
 
 import numpy as np
 
-import tools
-
 EVAL_KEYS = {"success": "eval/success_any", "success_final": "eval/success_final", "return": "eval/return"}
 SEED_DIR = re.compile(r"seed(\d+)$")
 
@@ -47,7 +45,7 @@ def read_run(path: pathlib.Path) -> Run:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise tools.ConfigError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line") from None
+                raise ValueError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line") from None
             if EVAL_KEYS["success"] in row:
                 rows[int(row["step"])] = row  # a repeated step keeps its last value
     steps = np.array(sorted(rows), dtype=np.int64)
@@ -67,7 +65,7 @@ def find_runs(patterns: list[str]) -> list[Run]:
         matches = [pathlib.Path(p) for p in sorted(glob.glob(pattern))] or [pathlib.Path(pattern)]
         for match in matches:
             if not match.exists():
-                raise tools.ConfigError(f"{pattern}: no such file or folder")
+                raise ValueError(f"{pattern}: no such file or folder")
             for metrics in [match / "metrics.jsonl", *match.rglob("metrics.jsonl")]:
                 if metrics.is_file() and (metrics.parent / "config.yaml").is_file():
                     found.add(metrics.parent.resolve())

@@ -5,13 +5,16 @@ The format is documented in README.md ("Sweeps"). Every error names the spec fil
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import pathlib
 from typing import Any
 
-import tools
-
 TOP_KEYS = {"root", "resources", "flags", "collect", "teachers", "students", "ood", "report"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot be used; the message names the file and the key."""
 
 
 @dataclasses.dataclass
@@ -42,7 +45,7 @@ def _mapping(value: Any, where: str, path: pathlib.Path) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise tools.ConfigError(f"{path}: '{where}' must be a mapping, got {type(value).__name__}")
+        raise SpecError(f"{path}: '{where}' must be a mapping, got {type(value).__name__}")
     return dict(value)
 
 
@@ -50,14 +53,16 @@ def _names(value: Any, where: str, path: pathlib.Path) -> list:
     if isinstance(value, str):
         value = [v for v in value.split(",") if v]
     if not isinstance(value, list) or not value:
-        raise tools.ConfigError(f"{path}: '{where}' must be a non-empty list")
+        raise SpecError(f"{path}: '{where}' must be a non-empty list")
     return list(value)
 
 
 def _check_keys(block: dict, allowed: set, where: str, path: pathlib.Path) -> None:
     for key in block:
         if key not in allowed:
-            raise tools.ConfigError(f"{path}: {tools._unknown_message(f'key in {where}', str(key), sorted(allowed))}")
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise SpecError(f"{path}: unknown key '{key}' in {where}{hint}")
 
 
 def _resources(block: dict, where: str, path: pathlib.Path, base: dict) -> dict:
@@ -65,7 +70,7 @@ def _resources(block: dict, where: str, path: pathlib.Path, base: dict) -> dict:
     for key, value in _mapping(block, where, path).items():
         _check_keys({key: 0}, RESOURCE_KEYS, where, path)
         if not isinstance(value, (int, float)) or value < 0:
-            raise tools.ConfigError(f"{path}: '{where}.{key}' must be a number >= 0, got {value!r}")
+            raise SpecError(f"{path}: '{where}.{key}' must be a number >= 0, got {value!r}")
         out[key] = value
     return out
 
@@ -77,12 +82,12 @@ def _methods(block: dict, teachers: dict, path: pathlib.Path) -> list[Method]:
         _check_keys(entry, {"flags", "teacher"}, f"students.methods.{name}", path)
         teacher = entry.get("teacher")
         if teacher is not None and teacher not in teachers:
-            raise tools.ConfigError(f"{path}: students.methods.{name}.teacher '{teacher}' is not a key of "
+            raise SpecError(f"{path}: students.methods.{name}.teacher '{teacher}' is not a key of "
                                     f"'teachers' ({', '.join(teachers) or 'none defined'})")
         methods.append(Method(str(name), _mapping(entry.get("flags"), f"students.methods.{name}.flags", path),
                               teacher))
     if not methods:
-        raise tools.ConfigError(f"{path}: 'students.methods' must name at least one method")
+        raise SpecError(f"{path}: 'students.methods' must name at least one method")
     return methods
 
 
@@ -95,13 +100,13 @@ def load(path: str | pathlib.Path, repo_root: pathlib.Path) -> Spec:
     try:
         raw = YAML(typ="safe", pure=True).load(path.read_text())
     except FileNotFoundError:
-        raise tools.ConfigError(f"{path}: sweep spec not found") from None
+        raise SpecError(f"{path}: sweep spec not found") from None
     except YAMLError as err:
-        raise tools.ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     raw = _mapping(raw, "the spec", path)
     _check_keys(raw, TOP_KEYS, "the spec", path)
     if not raw.get("root"):
-        raise tools.ConfigError(f"{path}: 'root' (the sweep's output folder) is required")
+        raise SpecError(f"{path}: 'root' (the sweep's output folder) is required")
     collect = _mapping(raw.get("collect"), "collect", path)
     _check_keys(collect, {"tasks", "flags"}, "collect", path)
     teachers = _mapping(raw.get("teachers"), "teachers", path)
@@ -110,12 +115,12 @@ def load(path: str | pathlib.Path, repo_root: pathlib.Path) -> Spec:
         _check_keys(entry, {"flags"}, f"teachers.{name}", path)
         teachers[name] = _mapping(entry.get("flags"), f"teachers.{name}.flags", path)
     if teachers and not collect:
-        raise tools.ConfigError(f"{path}: 'teachers' need source data: add a 'collect' block with its tasks")
+        raise SpecError(f"{path}: 'teachers' need source data: add a 'collect' block with its tasks")
     students = _mapping(raw.get("students"), "students", path)
     _check_keys(students, {"targets", "seeds", "flags", "methods"}, "students", path)
     seeds = _names(students.get("seeds", [0]), "students.seeds", path)
     if not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise tools.ConfigError(f"{path}: 'students.seeds' must be integers >= 0, got {seeds}")
+        raise SpecError(f"{path}: 'students.seeds' must be integers >= 0, got {seeds}")
     root = pathlib.Path(str(raw["root"]))
     return Spec(
         path=path, root=root if root.is_absolute() else (repo_root / root).resolve(),
