@@ -12,8 +12,10 @@ import argparse
 import pathlib
 import sys
 
+import cli
 
-def main(argv=None) -> int:
+
+def run(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("runs", nargs="+", help="run folders, folders holding runs, or globs")
@@ -27,20 +29,20 @@ def main(argv=None) -> int:
 
     from analysis import aggregate, load, report
 
-    try:
-        runs = load.find_runs(args.runs)
-        if not runs:
-            raise ValueError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
-        table, notes = aggregate.build(runs, args.last)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    runs = load.find_runs(args.runs)
+    if not runs:
+        raise cli.UsageError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
+    table, notes = aggregate.build(runs, args.last)
     for note in notes:
         print(f"note: {note}")
     path = report.write(table, runs, notes, pathlib.Path(args.out), args.seed, args.reps)
     print(path.read_text().split("## Plots")[0].rstrip())
     print(f"\nwritten: {path} (+ results.json, results.csv, curves.png, iqm_curves.png, profiles.png)")
-    return 0
+
+
+def main(argv=None) -> int:
+    """Exit 0: report written; 2: no usable runs (one line says why)."""
+    return cli.run_main("results.py", run, argv)
 
 
 if __name__ == "__main__":

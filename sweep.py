@@ -11,8 +11,10 @@ import argparse
 import shlex
 import sys
 
+import cli
 
-def main(argv=None) -> int:
+
+def run(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("spec", help="sweep spec (YAML)")
@@ -26,30 +28,29 @@ def main(argv=None) -> int:
     from sweeps import jobs as job_graph, runner, spec as spec_module
     from sweeps.progress import Progress
 
-    try:
-        spec = spec_module.load(args.spec, runner.REPO)
-    except spec_module.SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    spec = spec_module.load(args.spec, runner.REPO)
     jobs = job_graph.build(spec)
     if args.dry_run:
         for job in jobs:
             print(f"{job.name}: {shlex.join(job.command)}")
-        return 0
+        return
     progress = Progress(len(jobs))
     if all(job.done_marker.exists() for job in jobs):
         outcomes = {job.name: runner.Outcome("done", skipped=True) for job in jobs}  # nothing to run: no Ray
     else:
         runner.init_ray(args.address, args.num_cpus, args.num_gpus)
-        try:
-            outcomes = runner.run(jobs, progress, retries=args.retries)
-        except KeyboardInterrupt:
-            return 130
+        outcomes = runner.run(jobs, progress, retries=args.retries)
     print(runner.summary(outcomes, jobs), flush=True)
     report = spec.root / "report" / "results.md"
     if report.exists():
         print(f"report: {report}")
-    return 0 if all(o.state == "done" for o in outcomes.values()) else 1
+    if not all(o.state == "done" for o in outcomes.values()):
+        raise cli.RunFailed("some jobs failed (listed above with their logs)")
+
+
+def main(argv=None) -> int:
+    """Exit 0: every job done; 1: some failed; 2: unusable spec; 130: interrupted (Ctrl-C or SIGTERM)."""
+    return cli.run_main("sweep.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 
 from analysis.load import Run
+from cli import UsageError
 
 
 @dataclasses.dataclass
@@ -44,10 +45,10 @@ def build(runs: list[Run], last: int) -> tuple[Table, list[str]]:
             reached = int(run.steps[-1]) if len(run.steps) else 0
             notes.append(f"{run.path}: left out, evaluated up to env step {reached} of {run.total_steps}")
     if not complete:
-        raise ValueError("no complete student run (one whose last evaluation reached its `steps`) was found")
+        raise UsageError("no complete student run (one whose last evaluation reached its `steps`) was found")
     steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in complete)))
     if not steps:
-        raise ValueError("the runs share no evaluation step; use the same eval_every and steps for all of them")
+        raise UsageError("the runs share no evaluation step; use the same eval_every and steps for all of them")
     steps = np.array(steps)
     methods = sorted({r.method for r in complete})
     targets = sorted({r.target for r in complete})
@@ -55,7 +56,7 @@ def build(runs: list[Run], last: int) -> tuple[Table, list[str]]:
     for run in complete:
         key = (run.method, run.target, run.seed)
         if key in by_key:
-            raise ValueError(f"two runs of {key[0]} on {key[1]} with seed {key[2]}: {by_key[key].path} and {run.path}; "
+            raise UsageError(f"two runs of {key[0]} on {key[1]} with seed {key[2]}: {by_key[key].path} and {run.path}; "
                              "pass only one of them")
         by_key[key] = run
     seeds, curves, finals, returns = {}, {}, {}, {}

@@ -9,6 +9,8 @@ import re
 
 import numpy as np
 
+from cli import UsageError
+
 EVAL_KEYS = {"success": "eval/success_any", "success_final": "eval/success_final", "return": "eval/return"}
 SEED_DIR = re.compile(r"seed(\d+)$")
 
@@ -45,7 +47,7 @@ def read_run(path: pathlib.Path) -> Run:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise ValueError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line") from None
+                raise UsageError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line") from None
             if EVAL_KEYS["success"] in row:
                 rows[int(row["step"])] = row  # a repeated step keeps its last value
     steps = np.array(sorted(rows), dtype=np.int64)
@@ -65,7 +67,7 @@ def find_runs(patterns: list[str]) -> list[Run]:
         matches = [pathlib.Path(p) for p in sorted(glob.glob(pattern))] or [pathlib.Path(pattern)]
         for match in matches:
             if not match.exists():
-                raise ValueError(f"{pattern}: no such file or folder")
+                raise UsageError(f"{pattern}: no such file or folder")
             for metrics in [match / "metrics.jsonl", *match.rglob("metrics.jsonl")]:
                 if metrics.is_file() and (metrics.parent / "config.yaml").is_file():
                     found.add(metrics.parent.resolve())

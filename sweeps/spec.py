@@ -9,11 +9,13 @@ import difflib
 import pathlib
 from typing import Any
 
+from cli import UsageError
+
 TOP_KEYS = {"root", "resources", "flags", "collect", "teachers", "students", "ood", "report"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
 
 
-class SpecError(ValueError):
+class SpecError(UsageError):
     """A sweep spec that cannot be used; the message names the file and the key."""
 
 

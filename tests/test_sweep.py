@@ -148,7 +148,7 @@ def test_bad_spec_is_one_line(tmp_path, capsys):
 
     spec = tmp_path / "spec.yaml"
     spec.write_text("root: x\nstudents: {targets: [metaworld_drawer_close], methods: {a: {teacher: moe}}}\n")
-    assert sweep_main.main([str(spec)]) == 2
+    assert sweep_main.main([str(spec)]) == 2  # cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(spec) in err and "teacher 'moe'" in err, err
 
