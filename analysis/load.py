@@ -70,6 +70,6 @@ def find_runs(patterns: list[str]) -> list[Run]:
                 raise UsageError(f"{pattern}: no such file or folder")
             for metrics in [match / "metrics.jsonl", *match.rglob("metrics.jsonl")]:
                 if metrics.is_file() and (metrics.parent / "config.yaml").is_file():
-                    found.add(metrics.parent.resolve())
+                    found.add(metrics.parent)
     runs = [read_run(p) for p in sorted(found)]
     return sorted(runs, key=lambda r: (r.target, r.method, r.seed, str(r.path)))
