@@ -1,0 +1,104 @@
+"""Evaluate a student checkpoint or a policy variant: seeded episodes through the training loop's own
+evaluation (`dreamer_distill.evaluate`), per-episode CSV, JSON summary with its protocol, a GIF, TensorBoard.
+
+The student itself acts through `Agent.policy` (mode action, sampled latent: exactly the training loop's
+evaluation); a quantize.py variant acts through its `ActingPolicy` (mode action, posterior mean).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+
+import numpy as np
+
+from artefacts import student
+
+STATS = ("return", "length", "success_any", "success_final")
+RULES = {"success_any": "info['success'] at any step of the episode",
+         "success_final": "info['success'] at the episode's last step"}
+
+
+def actor_for(payload: dict, device: str = "cpu"):
+    """(object with Agent's acting interface, description of how it acts) for a checkpoint payload."""
+    from artefacts import policy, variants
+
+    if payload.get("kind") == student.VARIANT_KIND:
+        module = variants.load(payload)
+        return policy.PolicyAgent(module, module), f"variant {payload['variant']}: mode action, posterior mean"
+    return student.build_agent(payload, device), "student Agent.policy: mode action, sampled posterior"
+
+
+def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: bool = True):
+    """(episodes, frames of the first episode (T, H, W, 3) or None, protocol dict)."""
+    import envs
+    import tools
+    from dreamer_distill import evaluate
+    from models.world_model import OBS_KEYS
+
+    config = dict(payload["config"])
+    try:
+        task = envs.TASK_PREFIX + envs.task_dir_name(task) if task else config["task"]
+    except ValueError as err:
+        raise student.ArtefactError(f"--task: {err}") from None
+    actor, how = actor_for(payload)
+    tools.set_seed(seed)
+    vec = envs.VecEnv(config, task, envs_n, seed=seed)
+    try:
+        frames = [] if film else None
+        eps = evaluate(actor, vec, episodes, OBS_KEYS[config["obs"]], frames=frames)
+    finally:
+        vec.close()
+    protocol = {"task": task, "trained_task": config["task"], "episodes": episodes, "seed": seed,
+                "env_seeds": f"{seed} + env index, {envs_n} env(s), episodes in turn", "policy": how,
+                "obs": config["obs"], "action_repeat": config["action_repeat"], "time_limit": config["time_limit"],
+                "success_rules": RULES, "checkpoint_step": int(payload.get("step", 0))}
+    return eps, (np.stack(frames) if frames else None), protocol
+
+
+def summarize(eps: list[dict]) -> dict:
+    """Mean and standard error of each episode statistic."""
+    from dreamer_distill import episode_stats
+
+    rows = [episode_stats(ep) for ep in eps]
+    out = {}
+    for k in STATS:
+        values = np.array([r[k] for r in rows], float)
+        se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+        out[k] = {"mean": float(values.mean()), "se": se}
+    return {"per_episode": rows, "summary": out}
+
+
+def write(out_dir, checkpoint_path, eps, frames, protocol, logdir=None) -> dict:
+    """episodes.csv, summary.json, episode0.gif under out_dir; the same numbers in TensorBoard under logdir."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = summarize(eps)
+    with open(out_dir / "episodes.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["episode", *STATS])
+        writer.writeheader()
+        for i, row in enumerate(result["per_episode"]):
+            writer.writerow({"episode": i, **row})
+    summary = {"checkpoint": str(checkpoint_path), "protocol": protocol, **result["summary"]}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if frames is not None:
+        write_gif(out_dir / "episode0.gif", frames)
+    if logdir:
+        import logger as logger_lib
+
+        lg = logger_lib.Logger(logdir)
+        for k in STATS:
+            lg.scalar(f"eval/{k}", summary[k]["mean"])
+        if frames is not None:
+            lg.video("eval/policy", frames)
+        lg.write(protocol["checkpoint_step"])
+        lg.close()
+    return summary
+
+
+def write_gif(path, frames: np.ndarray, fps: int = 16) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)

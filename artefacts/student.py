@@ -1,0 +1,51 @@
+"""Load a student checkpoint (`<logdir>/latest.pt`) or a policy variant written by quantize.py.
+
+Every problem with the file is an `ArtefactError` whose message names the file and what to pass instead.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import checkpoint
+
+# `kind` of the policy-variant files written by quantize.py (a student checkpoint has no `kind`).
+VARIANT_KIND = "student_policy"
+
+
+class ArtefactError(RuntimeError):
+    """A file that is not the artefact asked for; the message is one line naming it."""
+
+
+def read(path) -> dict:
+    """The checkpoint dict of a student run or a policy variant; anything else is an ArtefactError."""
+    path = pathlib.Path(path).expanduser()
+    try:
+        payload = checkpoint.load(path)
+    except checkpoint.CheckpointError as err:
+        raise ArtefactError(f"--checkpoint: {err}") from None
+    kind = payload.get("kind")
+    if kind == "teacher":
+        raise ArtefactError(f"--checkpoint {path}: a teacher checkpoint (written by dreamer_pretrain.py); evaluate.py "
+                            f"takes a student's latest.pt (dreamer_distill.py) or a variant from quantize.py")
+    if kind not in (None, VARIANT_KIND) or (kind is None and "agent" not in payload):
+        raise ArtefactError(f"--checkpoint {path}: not a student checkpoint (no agent weights); pass the latest.pt "
+                            f"of a dreamer_distill.py run or a variant from quantize.py")
+    if "config" not in payload:
+        raise ArtefactError(f"--checkpoint {path}: no stored config, so the agent cannot be rebuilt")
+    return payload
+
+
+def build_agent(payload: dict, device: str = "cpu"):
+    """The student Agent rebuilt from the checkpoint's own config, weights loaded strictly, in eval mode."""
+    from agent import Agent
+    from envs import ACTION_DIM
+    from models.world_model import obs_shapes_from
+
+    config = dict(payload["config"])
+    agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
+    state = payload.get("agent")
+    if state is not None:
+        agent.wm.load_state_dict(state["wm"])
+        agent.behavior.load_state_dict(state["behavior"])
+    agent.train_mode(False)
+    return agent

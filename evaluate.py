@@ -1,0 +1,56 @@
+"""Evaluate a trained student (or a quantize.py variant of its policy) without training.
+
+    python evaluate.py --checkpoint runs/reach/latest.pt --episodes 20 --seed 0 [--task metaworld_reach]
+        [--out runs/reach/eval_seed0] [--logdir runs/reach/eval_tb] [--envs 1] [--no_video]
+
+Rebuilds the agent from the config stored in the checkpoint and runs seeded episodes with the mode action.
+Writes <out>/episodes.csv (return, length, success at any step / at the last step per episode),
+<out>/summary.json (means, standard errors, the protocol) and <out>/episode0.gif (the first episode,
+rendered for state agents too); with --logdir the same numbers (and the video) go to TensorBoard.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a student's latest.pt or a quantize.py variant")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default="", help="evaluate on another task (default: the checkpoint's)")
+    parser.add_argument("--envs", type=int, default=1, help="eval envs stepped together")
+    parser.add_argument("--out", default="", help="output folder (default: <checkpoint dir>/eval_seed<seed>)")
+    parser.add_argument("--logdir", default="", help="also write the numbers to TensorBoard here")
+    parser.add_argument("--no_video", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+
+    from artefacts import evaluation, student
+
+    torch.set_num_threads(args.threads)
+    if args.episodes < 1:
+        print(f"error: --episodes must be >= 1, got {args.episodes}", file=sys.stderr)
+        return 2
+    try:
+        payload = student.read(args.checkpoint)
+        eps, frames, protocol = evaluation.run(payload, args.episodes, args.seed, args.task or None, args.envs,
+                                               film=not args.no_video)
+    except student.ArtefactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent / f"eval_seed{args.seed}")
+    summary = evaluation.write(out, args.checkpoint, eps, frames, protocol, args.logdir or None)
+    print(f"{args.checkpoint}: {args.episodes} episodes on {protocol['task']}: success (any step) "
+          f"{summary['success_any']['mean']:.2f} ± {summary['success_any']['se']:.2f}, success (last step) "
+          f"{summary['success_final']['mean']:.2f}, return {summary['return']['mean']:.1f} -> {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
