@@ -54,7 +54,7 @@ def make(agent, name: str) -> ActingPolicy:
         raise ArtefactError(f"unknown variant '{name}'; known: {', '.join(VARIANTS)}")
     import copy
 
-    module = copy.deepcopy(ActingPolicy(agent)).eval()
+    module = copy.deepcopy(ActingPolicy(agent)).eval().requires_grad_(False)
     return VARIANTS[name](module)
 
 

@@ -1,0 +1,76 @@
+"""quantize.py's pipeline: every variant of a student's acting policy written as a file, then measured side by
+side in one run (size, parameter bytes, latency, throughput, action error, eval success vs fp32)."""
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+
+from artefacts import evaluation, measure, student, variants
+
+COMPILED = ("fp32", "int8_wo", "int8_dyn")  # torch.compile is what may make int8 fast; fp32 compiled is its baseline
+
+
+def _paired(values: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """Mean difference and its standard error over the same seeded episodes."""
+    d = values - ref
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
+def run(checkpoint_path, out_dir, names, episodes: int, seed: int, compile_: bool, calls: int = 200) -> list[dict]:
+    """One row per variant (dicts of builtins); variant files go to out_dir/<name>.pt."""
+    payload = student.read(checkpoint_path)
+    if payload.get("kind") == student.VARIANT_KIND:
+        raise student.ArtefactError(f"--checkpoint {checkpoint_path}: already a variant; pass the student's latest.pt")
+    agent = student.build_agent(payload)
+    out_dir = pathlib.Path(out_dir)
+    base = variants.make(agent, "fp32")
+    rows, ref = [], None
+    recorded = None
+    for name in names:
+        module = variants.make(agent, name)
+        path = variants.save(out_dir / f"{name}.pt", module, name, payload)
+        if episodes > 0:
+            eps, _, _ = evaluation.run(student.read(path), episodes, seed, film=False)  # the file, as evaluate.py loads it
+            success = np.array([float(ep["success"].max()) for ep in eps])
+        if recorded is None:  # observations recorded along the first variant's (fp32's) episodes
+            recorded = measure.recorded_inputs(eps if episodes > 0 else evaluation.run(payload, 1, seed, film=False)[0],
+                                               base.obs_keys)
+            ref_actions = measure.replay_actions(base, base, recorded)
+        row = {"variant": name, "file_bytes": path.stat().st_size, "param_bytes": variants.parameter_bytes(module),
+               "max_action_err": float(np.abs(measure.replay_actions(module, base, recorded) - ref_actions).max())}
+        row.update(timings(module, base, recorded, calls, "eager"))
+        if compile_ and name in COMPILED:
+            row.update(timings(measure.compiled(module), base, recorded, calls, "compiled"))
+        if episodes > 0:
+            ref = success if ref is None else ref
+            row["success"], row["success_se"] = float(success.mean()), float(success.std(ddof=1) / math.sqrt(len(success)))
+            row["success_diff"], row["success_diff_se"] = _paired(success, ref)
+        rows.append(row)
+    return rows
+
+
+def timings(module, base, recorded, calls: int, tag: str) -> dict:
+    one, many = measure.batch_inputs(base, recorded, 1), measure.batch_inputs(base, recorded, 64)
+    lat = measure.latency(module, one, calls)
+    return {f"{tag}_b1_median_ms": lat["median_ms"], f"{tag}_b1_p90_ms": lat["p90_ms"],
+            f"{tag}_b64_actions_per_s": measure.throughput(module, many)}
+
+
+def markdown(rows: list[dict]) -> str:
+    """One table: a row per variant (the compiled columns are blank where not compiled)."""
+    def f(row, key, fmt):
+        return fmt.format(row[key]) if key in row else "–"
+
+    head = ("| variant | file KiB | param KiB | eager b1 median / p90 ms | eager b64 act/s | compiled b1 median / p90 ms "
+            "| compiled b64 act/s | max action err | success | diff to fp32 ± se |")
+    lines = [head, "|" + " --- |" * 10]
+    for r in rows:
+        comp = (f"{r['compiled_b1_median_ms']:.3f} / {r['compiled_b1_p90_ms']:.3f}" if "compiled_b1_median_ms" in r else "–")
+        succ = f"{r['success']:.2f}" if "success" in r else "–"
+        diff = f"{r['success_diff']:+.2f} ± {r['success_diff_se']:.2f}" if "success" in r else "–"
+        lines.append(f"| {r['variant']} | {r['file_bytes'] / 1024:.1f} | {r['param_bytes'] / 1024:.1f} | "
+                     f"{r['eager_b1_median_ms']:.3f} / {r['eager_b1_p90_ms']:.3f} | {f(r, 'eager_b64_actions_per_s', '{:.0f}')} | "
+                     f"{comp} | {f(r, 'compiled_b64_actions_per_s', '{:.0f}')} | {r['max_action_err']:.4f} | {succ} | {diff} |")
+    return "\n".join(lines)
