@@ -1,0 +1,146 @@
+"""Trained students as artefacts: evaluate.py, quantize.py variants, the exported acting policy.
+
+One tiny student (debug sizes, real reach env) is trained once for the module; everything else reads its
+latest.pt, the real files the scripts write and the real env.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import dreamer_distill
+import evaluate
+import quantize
+import tools
+from artefacts import evaluation, export, measure, student, variants
+
+TINY = ["--configs", "defaults", "metaworld", "metaworld_state", "debug", "--task", "metaworld_reach",
+        "--device", "cpu", "--progress", "False", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(latest.pt of a tiny trained student, its payload, its agent, recorded inputs of one eval episode)."""
+    logdir = tmp_path_factory.mktemp("student")
+    assert dreamer_distill.main([*TINY, "--logdir", str(logdir)]) == 0
+    path = logdir / "latest.pt"
+    payload = student.read(path)
+    agent = student.build_agent(payload)
+    eps, _, _ = evaluation.run(payload, 1, seed=3, film=False)
+    return path, payload, agent, measure.recorded_inputs(eps, agent.wm.obs_keys)
+
+
+def test_evaluate_same_seed_gives_identical_json_csv_video_and_tensorboard(trained, tmp_path, capsys):
+    path = trained[0]
+    outs = [tmp_path / "a", tmp_path / "b"]
+    assert evaluate.main(["--checkpoint", str(path), "--episodes", "2", "--seed", "5", "--out", str(outs[0]),
+                          "--logdir", str(tmp_path / "tb")]) == 0
+    assert evaluate.main(["--checkpoint", str(path), "--episodes", "2", "--seed", "5", "--out", str(outs[1]),
+                          "--no_video"]) == 0
+    a, b = ((o / "summary.json").read_text() for o in outs)
+    assert a == b
+    summary = json.loads(a)
+    assert summary["protocol"]["episodes"] == 2 and summary["protocol"]["seed"] == 5
+    assert set(summary["protocol"]["success_rules"]) == {"success_any", "success_final"}
+    rows = (outs[0] / "episodes.csv").read_text().splitlines()
+    assert rows[0] == "episode,return,length,success_any,success_final" and len(rows) == 3
+    from PIL import Image
+
+    gif = Image.open(outs[0] / "episode0.gif")  # a state agent: the frames are rendered, not observed
+    assert gif.n_frames == summary["length"]["mean"] + 1 and np.asarray(gif.convert("RGB")).std() > 5
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    lines = [json.loads(x) for x in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["eval/return"] == pytest.approx(summary["return"]["mean"])
+
+
+def test_a_foreign_file_or_a_teacher_checkpoint_is_one_clear_line(trained, tmp_path, capsys):
+    from models.teacher_io import teacher_payload
+    from models.world_model import TeacherWorldModel
+
+    foreign = tmp_path / "notes.pt"
+    foreign.write_text("not a checkpoint")
+    config = tools.load_config(["--configs", "defaults", "metaworld", "metaworld_state", "debug",
+                                "--source_tasks", "metaworld_reach"]).to_dict()
+    teacher = tmp_path / "teacher.pt"
+    checkpoint.save(teacher, teacher_payload(TeacherWorldModel(config, 4), None, 0, config))
+    for path, words in ((foreign, "cannot be loaded"), (teacher, "a teacher checkpoint"),
+                        (tmp_path / "missing.pt", "not found")):
+        assert evaluate.main(["--checkpoint", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and str(path) in err, err
+    assert evaluate.main(["--checkpoint", str(trained[0]), "--task", "reach_nowhere"]) == 2
+    assert "--task" in capsys.readouterr().err
+
+
+def test_int8_keeps_the_weights_with_a_bounded_dequantization_error(trained):
+    agent = trained[2]
+    fp32 = dict(variants.make(agent, "fp32").state_dict())
+    for name in ("int8_wo", "int8_dyn"):
+        weights = variants.int8_weights(variants.make(agent, name))
+        assert len(weights) >= 8, [w[0] for w in weights]  # encoder, RSSM and actor linears
+        for key, qdata, scale in weights:
+            w = fp32[key]
+            assert qdata.dtype == torch.int8 and qdata.shape == w.shape
+            zeros_q, zeros_w = (qdata == 0).float().mean().item(), (w == 0).float().mean().item()
+            assert zeros_q <= zeros_w + 0.05, (key, zeros_q, zeros_w)  # not collapsed (scale-1.0 int8 gives ~90%)
+            scale = scale.reshape(-1, *([1] * (w.dim() - 1))).float()
+            err = (qdata.float() * scale - w).abs()
+            assert torch.all(err <= 0.5 * scale + 1e-6), key  # at most half a step...
+            assert torch.all(scale <= w.abs().amax(1, keepdim=True) / 127 * 1.01 + 1e-8), key  # ...of max|w_row|/127
+
+
+def test_each_variant_file_loads_and_acts_close_to_fp32(trained, tmp_path):
+    path, payload, agent, recorded = trained
+    base = variants.make(agent, "fp32")
+    ref = measure.replay_actions(base, base, recorded)
+    tolerance = {"fp32": 0.0, "bf16": 0.05, "fp16": 0.01, "int8_wo": 0.03, "int8_dyn": 0.05}
+    for name in variants.VARIANTS:
+        module = variants.make(agent, name)
+        file = variants.save(tmp_path / f"{name}.pt", module, name, payload)
+        loaded = variants.load(student.read(file))
+        actions = measure.replay_actions(loaded, base, recorded)
+        assert np.array_equal(actions, measure.replay_actions(module, base, recorded)), name
+        assert np.abs(actions - ref).max() <= tolerance[name], (name, np.abs(actions - ref).max())
+    assert variants.parameter_bytes(variants.make(agent, "int8_wo")) < 0.5 * variants.parameter_bytes(base)
+
+
+def test_quantize_writes_a_table_and_variants_evaluate_accepts(trained, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert quantize.main(["--checkpoint", str(trained[0]), "--out", str(out), "--episodes", "2",
+                          "--variants", "fp32,int8_wo", "--no_compile", "--calls", "5"]) == 0
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["fp32", "int8_wo"]
+    assert rows[0]["success_diff"] == 0.0 and rows[1]["param_bytes"] < rows[0]["param_bytes"]
+    assert "| int8_wo |" in (out / "table.md").read_text()
+    assert evaluate.main(["--checkpoint", str(out / "int8_wo.pt"), "--episodes", "1", "--out", str(tmp_path / "e")]) == 0
+    assert "variant int8_wo" in json.loads((tmp_path / "e" / "summary.json").read_text())["protocol"]["policy"]
+    assert quantize.main(["--checkpoint", str(out / "int8_wo.pt"), "--out", str(tmp_path / "r")]) == 2
+    assert "already a variant" in capsys.readouterr().err
+
+
+def test_exported_policy_gives_the_checkpoints_actions_without_the_repository(trained, tmp_path):
+    _, _, agent, recorded = trained
+    base = variants.make(agent, "fp32")
+    file = export.export(base, agent.wm.obs_shapes, tmp_path / "policy.pt2")
+    ref = measure.replay_actions(base, base, recorded)
+    assert np.array_equal(measure.replay_actions(export.load(file), base, recorded), ref)
+    # A process that knows nothing of this repository (other cwd, no repo on the path) replays the episode.
+    torch.save({"state": recorded[0]["state"], "is_first": recorded[0]["is_first"]}, tmp_path / "obs.pt")
+    script = (
+        "import sys, torch\n"
+        "p = torch.export.load(sys.argv[1]).module(); d = torch.load(sys.argv[2])\n"
+        f"s, h, a = torch.zeros(1, {base.dynamics.stoch}), torch.zeros(1, {base.dynamics.deter}), torch.zeros(1, 4)\n"
+        "out = []\n"
+        "for t in range(len(d['is_first'])):\n"
+        "    a, s, h = p({'state': d['state'][t:t+1]}, d['is_first'][t:t+1], s, h, a); out.append(a[0])\n"
+        "torch.save(torch.stack(out), sys.argv[3])\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", script, str(file), str(tmp_path / "obs.pt"), str(tmp_path / "act.pt")],
+                   cwd=tmp_path, env=env, check=True, capture_output=True)
+    actions = torch.load(tmp_path / "act.pt").numpy()
+    assert np.array_equal(actions, ref[: len(actions)]) and len(actions) == len(recorded[0]["is_first"])
