@@ -15,6 +15,7 @@ import torch
 import checkpoint
 import dreamer_distill
 import evaluate
+import export_policy
 import quantize
 import tools
 from artefacts import evaluation, export, measure, student, variants
@@ -126,7 +127,8 @@ def test_quantize_writes_a_table_and_variants_evaluate_accepts(trained, tmp_path
 def test_exported_policy_gives_the_checkpoints_actions_without_the_repository(trained, tmp_path):
     _, _, agent, recorded = trained
     base = variants.make(agent, "fp32")
-    file = export.export(base, agent.wm.obs_shapes, tmp_path / "policy.pt2")
+    assert export_policy.main(["--checkpoint", str(trained[0]), "--out", str(tmp_path / "policy.pt2")]) == 0
+    file = tmp_path / "policy.pt2"
     ref = measure.replay_actions(base, base, recorded)
     assert np.array_equal(measure.replay_actions(export.load(file), base, recorded), ref)
     # A process that knows nothing of this repository (other cwd, no repo on the path) replays the episode.

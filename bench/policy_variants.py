@@ -1,0 +1,51 @@
+"""Size and speed of the acting-policy variants at the paper pixel sizes (untrained weights), as JSON.
+
+    python bench/policy_variants.py [--configs defaults metaworld] [--threads 1] [--calls 100] [--no_compile]
+        [--out bench/policy_variants_pixel.json]
+
+Builds an untrained student from the config blocks (size and speed do not depend on the weights), writes it
+as a checkpoint in a temporary folder and runs quantize.py's pipeline on it without evaluation episodes
+(observations for the timings come from one episode of the real env). All variants are timed in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["defaults", "metaworld"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--no_compile", action="store_true")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    import torch
+
+    import checkpoint
+    import tools
+    from artefacts import student, table, variants
+    from bench.common import emit, machine
+
+    torch.set_num_threads(args.threads)
+    config = tools.load_config(["--configs", *args.configs]).to_dict()
+    agent = student.build_agent({"config": config})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "latest.pt"
+        checkpoint.save(path, {"config": config, "step": 0, "agent": agent.state_dict()})
+        rows = table.run(path, pathlib.Path(tmp) / "q", list(variants.VARIANTS), 0, 0, not args.no_compile, args.calls)
+    result = {"configs": args.configs, "obs": config["obs"], "size": config["size"], "cnn_depth": config["cnn_depth"],
+              "machine": machine(), "rows": rows, "table": table.markdown(rows)}
+    return emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
