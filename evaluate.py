@@ -16,7 +16,7 @@ import pathlib
 import sys
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a student's latest.pt or a quantize.py variant")
     parser.add_argument("--episodes", type=int, default=10)
@@ -35,21 +35,22 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.episodes < 1:
-        print(f"error: --episodes must be >= 1, got {args.episodes}", file=sys.stderr)
-        return 2
-    try:
-        payload = student.read(args.checkpoint)
-        eps, frames, protocol = evaluation.run(payload, args.episodes, args.seed, args.task or None, args.envs,
-                                               film=not args.no_video)
-    except student.ArtefactError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise student.ArtefactError(f"--episodes must be >= 1, got {args.episodes}")
+    payload = student.read(args.checkpoint)
+    eps, frames, protocol = evaluation.run(payload, args.episodes, args.seed, args.task or None, args.envs,
+                                           film=not args.no_video)
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent / f"eval_seed{args.seed}")
     summary = evaluation.write(out, args.checkpoint, eps, frames, protocol, args.logdir or None)
     print(f"{args.checkpoint}: {args.episodes} episodes on {protocol['task']}: success (any step) "
           f"{summary['success_any']['mean']:.2f} ± {summary['success_any']['se']:.2f}, success (last step) "
           f"{summary['success_final']['mean']:.2f}, return {summary['return']['mean']:.1f} -> {out}", flush=True)
-    return 0
+
+
+def main(argv=None) -> int:
+    """Exit code: 0 done, 2 unusable command line or checkpoint (one error line)."""
+    import cli
+
+    return cli.run_main("evaluate", run, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pathlib
 import sys
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a student's latest.pt")
     parser.add_argument("--out", default="", help="output folder (default: <checkpoint dir>/quantized)")
@@ -38,21 +38,22 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in variants.VARIANTS]
     if unknown or not names or names[0] != "fp32":
-        print(f"error: --variants must start with fp32 (the reference) and name only {', '.join(variants.VARIANTS)}; "
-              f"got {args.variants}", file=sys.stderr)
-        return 2
+        raise student.ArtefactError(f"--variants must start with fp32 (the reference) and name only "
+                                    f"{', '.join(variants.VARIANTS)}; got {args.variants}")
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent / "quantized")
-    try:
-        rows = table.run(args.checkpoint, out, names, args.episodes, args.seed, not args.no_compile, args.calls)
-    except student.ArtefactError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    rows = table.run(args.checkpoint, out, names, args.episodes, args.seed, not args.no_compile, args.calls)
     (out / "table.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "episodes": args.episodes,
                                                 "seed": args.seed, "threads": args.threads, "rows": rows}, indent=1) + "\n")
     md = table.markdown(rows)
     (out / "table.md").write_text(md + "\n")
     print(md, flush=True)
-    return 0
+
+
+def main(argv=None) -> int:
+    """Exit code: 0 done, 2 unusable command line or checkpoint (one error line)."""
+    import cli
+
+    return cli.run_main("quantize", run, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Evaluate a student checkpoint or a policy variant: seeded episodes through the training loop's own
-evaluation (`dreamer_distill.evaluate`), per-episode CSV, JSON summary with its protocol, a GIF, TensorBoard.
+evaluation (`training.evaluation.evaluate`), per-episode CSV, JSON summary with its protocol, a GIF, TensorBoard.
 
 The student itself acts through `Agent.policy` (mode action, sampled latent: exactly the training loop's
 evaluation); a quantize.py variant acts through its `ActingPolicy` (mode action, posterior mean).
@@ -14,10 +14,9 @@ import pathlib
 import numpy as np
 
 from artefacts import student
+from contract import SUCCESS_RULES
 
 STATS = ("return", "length", "success_any", "success_final")
-RULES = {"success_any": "info['success'] at any step of the episode",
-         "success_final": "info['success'] at the episode's last step"}
 
 
 def actor_for(payload: dict, device: str = "cpu"):
@@ -33,8 +32,8 @@ def actor_for(payload: dict, device: str = "cpu"):
 def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: bool = True):
     """(episodes, frames of the first episode (T, H, W, 3) or None, protocol dict)."""
     import envs
-    import tools
-    from dreamer_distill import evaluate
+    import runtime
+    from training.evaluation import evaluate
     from models.world_model import OBS_KEYS
 
     config = dict(payload["config"])
@@ -43,7 +42,7 @@ def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n
     except ValueError as err:
         raise student.ArtefactError(f"--task: {err}") from None
     actor, how = actor_for(payload)
-    tools.set_seed(seed)
+    runtime.set_seed(seed)
     vec = envs.VecEnv(config, task, envs_n, seed=seed)
     try:
         frames = [] if film else None
@@ -53,13 +52,13 @@ def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n
     protocol = {"task": task, "trained_task": config["task"], "episodes": episodes, "seed": seed,
                 "env_seeds": f"{seed} + env index, {envs_n} env(s), episodes in turn", "policy": how,
                 "obs": config["obs"], "action_repeat": config["action_repeat"], "time_limit": config["time_limit"],
-                "success_rules": RULES, "checkpoint_step": int(payload.get("step", 0))}
+                "success_rules": SUCCESS_RULES, "checkpoint_step": int(payload.get("step", 0))}
     return eps, (np.stack(frames) if frames else None), protocol
 
 
 def summarize(eps: list[dict]) -> dict:
     """Mean and standard error of each episode statistic."""
-    from dreamer_distill import episode_stats
+    from training.episodes import episode_stats
 
     rows = [episode_stats(ep) for ep in eps]
     out = {}

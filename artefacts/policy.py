@@ -53,7 +53,7 @@ class ActingPolicy(nn.Module):
 
 class PolicyAgent:
     """Adapter with Agent's acting interface (`policy(obs, state, training) -> (action, state)`, `act_dim`) around
-    an ActingPolicy, so the one evaluation loop (`dreamer_distill.evaluate`) runs any variant."""
+    an ActingPolicy, so the one evaluation loop (`training.evaluation.evaluate`) runs any variant."""
 
     def __init__(self, module, base: ActingPolicy):
         """module: what runs (`base` itself, a compiled or exported copy); base: the ActingPolicy it came from."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 import pathlib
 
 import checkpoint
+import cli
 
 # `kind` of the policy-variant files written by quantize.py (a student checkpoint has no `kind`).
 VARIANT_KIND = "student_policy"
 
 
-class ArtefactError(RuntimeError):
+class ArtefactError(cli.UsageError):
     """A file that is not the artefact asked for; the message is one line naming it."""
 
 
@@ -41,7 +42,9 @@ def build_agent(payload: dict, device: str = "cpu"):
     from envs import ACTION_DIM
     from models.world_model import obs_shapes_from
 
-    config = dict(payload["config"])
+    import configs
+
+    config = configs.Config({**configs.read_blocks()["defaults"], **payload["config"]})  # keys added since
     agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
     state = payload.get("agent")
     if state is not None:

@@ -31,12 +31,12 @@ def main(argv=None) -> dict:
     import torch
 
     import checkpoint
-    import tools
+    import configs
     from artefacts import student, table, variants
     from bench.common import emit, machine
 
     torch.set_num_threads(args.threads)
-    config = tools.load_config(["--configs", *args.configs]).to_dict()
+    config = configs.load_config(["--configs", *args.configs]).to_dict()
     agent = student.build_agent({"config": config})
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "latest.pt"

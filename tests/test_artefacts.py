@@ -17,7 +17,7 @@ import dreamer_distill
 import evaluate
 import export_policy
 import quantize
-import tools
+import configs
 from artefacts import evaluation, export, measure, student, variants
 
 TINY = ["--configs", "defaults", "metaworld", "metaworld_state", "debug", "--task", "metaworld_reach",
@@ -65,7 +65,7 @@ def test_a_foreign_file_or_a_teacher_checkpoint_is_one_clear_line(trained, tmp_p
 
     foreign = tmp_path / "notes.pt"
     foreign.write_text("not a checkpoint")
-    config = tools.load_config(["--configs", "defaults", "metaworld", "metaworld_state", "debug",
+    config = configs.load_config(["--configs", "defaults", "metaworld", "metaworld_state", "debug",
                                 "--source_tasks", "metaworld_reach"]).to_dict()
     teacher = tmp_path / "teacher.pt"
     checkpoint.save(teacher, teacher_payload(TeacherWorldModel(config, 4), None, 0, config))
