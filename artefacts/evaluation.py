@@ -38,7 +38,7 @@ def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n
 
     config = dict(payload["config"])
     try:
-        task = envs.TASK_PREFIX + envs.task_dir_name(task) if task else config["task"]
+        task = envs.canonical_task(task) if task else config["task"]
     except ValueError as err:
         raise student.ArtefactError(f"--task: {err}") from None
     actor, how = actor_for(payload)
