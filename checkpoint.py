@@ -1,8 +1,10 @@
 """Checkpoint files: atomic writes and safe loads (`weights_only=True`, so no pickled code runs)."""
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
+import shutil
 
 import torch
 
@@ -19,7 +21,14 @@ class CheckpointError(UsageError, RuntimeError):
 def save(path: str | os.PathLike, payload: dict) -> pathlib.Path:
     """Write `payload` to `path` via a temp file and rename, so an interrupted save never leaves a torn file."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    return atomic_write(path, lambda f: torch.save(payload, f))
+    try:
+        return atomic_write(path, lambda f: torch.save(payload, f))
+    except RuntimeError as err:  # torch reports a failed write (e.g. a full disk) as an opaque RuntimeError
+        folder = pathlib.Path(path).parent
+        full = shutil.disk_usage(folder).free < (1 << 20)
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      "no space left on device" if full else f"cannot write ({str(err).splitlines()[0]})",
+                      str(path)) from None
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

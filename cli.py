@@ -14,7 +14,7 @@ EXIT_USAGE = 2  # the command line or an input cannot be used as given
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; the training loops checkpoint first
 
 # OS errors whose message is enough for the user (the path is in it); others keep their traceback.
-_PLAIN_OS_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+_PLAIN_OS_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 
 class UsageError(Exception):

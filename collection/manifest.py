@@ -116,17 +116,15 @@ def build_manifest(settings: dict, records: dict[int, dict]) -> dict:
 
 
 def known_records(manifest: dict | None, files: dict[int, pathlib.Path], seed: int, env_name: str) -> dict[int, dict]:
-    """Records of the episodes already on disk: from the manifest, or recomputed from the file when the
-    manifest lacks them (a run stopped between saving an episode and writing the manifest).
+    """Records of the episodes already on disk. Every file is loaded and validated, listed or not (a manifest
+    does not prove its files intact); its record comes from the manifest when listed with the same length, else
+    it is recomputed from the file (a run stopped between saving an episode and writing the manifest).
 
-    An unlisted file that does not load is renamed to `<name>.bad` (kept for inspection, one warning line)
-    and removed from `files`, so that its episode is collected again."""
+    A file that does not load is renamed to `<name>.bad` (kept for inspection, one warning line) and removed
+    from `files`, so that its episode is collected again."""
     listed = {r["index"]: r for r in (manifest or {}).get("episode_records", [])}
     records = {}
     for index, path in list(files.items()):
-        if index in listed and listed[index]["file"] == path.name:
-            records[index] = listed[index]
-            continue
         try:
             episode = replay.load_episode(path)
         except replay.EpisodeError as err:
@@ -134,6 +132,10 @@ def known_records(manifest: dict | None, files: dict[int, pathlib.Path], seed: i
             print(f"warning: {err}; moved it to {path.name}.bad and will collect episode {index} again",
                   file=sys.stderr)
             del files[index]
+            continue
+        known = listed.get(index)
+        if known is not None and known["file"] == path.name and known["length"] == replay.episode_length(episode):
+            records[index] = known
             continue
         records[index] = episode_record(index, path, episode_seeds(seed, env_name, index)[0], episode)
     return records

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
+import ctypes
+import ctypes.util
 import multiprocessing as mp
+import os
 import pathlib
+import signal
 import sys
 
 import envs
 from cli import RunFailed
 import replay
 from contract import OBS_KEYS
+from fileio import remove_temp_files
 
 from .experts import episode_seeds, expert_policy, run_episode
 from .manifest import (build_manifest, check_same_settings, episode_file, episode_record, existing_episodes,
@@ -18,7 +23,21 @@ from .manifest import (build_manifest, check_same_settings, episode_file, episod
 _worker_state: dict = {}
 
 
-def _init_worker(settings: dict, obs: str, noise: float, random_frac: float, seed: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the collecting process dies, even by SIGKILL (no orphans)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends when it next finds its parent gone
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(settings: dict, obs: str, noise: float, random_frac: float, seed: int,
+                 parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     envs.select_gl_backend(settings["mujoco_gl"], probe=False)
     _worker_state.update(settings=settings, obs=obs, noise=noise, random_frac=random_frac, seed=seed, envs={})
 
@@ -62,6 +81,7 @@ def plan(args, settings: dict) -> dict:
     for task in args.tasks:
         directory = pathlib.Path(args.out) / envs.task_dir_name(task)
         meta = task_settings(task, args, settings)
+        remove_temp_files(directory)
         manifest = read_manifest(directory)
         check_same_settings(directory, manifest, meta)
         files = existing_episodes(directory)
@@ -74,7 +94,7 @@ def plan(args, settings: dict) -> dict:
 def _run_pool(jobs: list, workers: int, initargs: tuple, plans: dict, bar) -> None:
     context = mp.get_context("spawn")  # fork is unsafe once a GL context exists
     with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                     initargs=initargs) as pool:
+                                     initargs=(*initargs, os.getpid())) as pool:
         pending = {pool.submit(_collect_one, task, index, out_dir): (task, index) for task, index, out_dir in jobs}
         try:
             for done in futures.as_completed(pending):

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from cli import UsageError
-from contract import EPISODE_KEYS, OBS_KEYS
+from contract import ACTION_DIM, EPISODE_KEYS, OBS_KEYS
 from fileio import atomic_write
 
 # key -> (dtype, trailing shape or None when any trailing shape is allowed)
@@ -38,7 +38,9 @@ class EpisodeError(UsageError, ValueError):
 
 
 def validate(episode: dict, name: str = "episode") -> dict:
-    """Check keys, dtypes and lengths; return the episode with arrays cast to the contract dtypes."""
+    """The one check of the episode contract, used by every reader and writer: keys, lengths, shapes, dtypes,
+    action width, finite values, is_first[0]. Returns the episode with arrays cast to the contract dtypes;
+    raises EpisodeError naming `name` and the first problem found."""
     missing = [k for k in EPISODE_KEYS if k not in episode]
     if missing:
         raise EpisodeError(f"{name}: missing keys {missing}")
@@ -49,26 +51,32 @@ def validate(episode: dict, name: str = "episode") -> dict:
     length = len(episode["reward"])
     if length < 1:
         raise EpisodeError(f"{name}: empty episode")
-    out = {}
-    for key, value in episode.items():
-        value = np.asarray(value)
-        if key in SCHEMA:
-            dtype, trailing = SCHEMA[key]
-            if value.ndim == 0 or len(value) != length:
-                raise EpisodeError(f"{name}: '{key}' has length {value.shape[:1]}, expected {length}")
-            if trailing is not None and value.shape[1:] != trailing:
-                raise EpisodeError(f"{name}: '{key}' has shape {value.shape}, expected ({length},)")
-            if key == "image" and (value.ndim != 4 or value.shape[-1] != 3):
-                raise EpisodeError(f"{name}: 'image' has shape {value.shape}, expected (L, H, W, 3)")
-            if key in ("state", "action") and value.ndim != 2:
-                raise EpisodeError(f"{name}: '{key}' has shape {value.shape}, expected (L, dim)")
-            if key == "image" and value.dtype != np.uint8:
-                raise EpisodeError(f"{name}: 'image' has dtype {value.dtype}, expected uint8")
-            value = value.astype(dtype, copy=False)
-        out[key] = value
+    out = {key: _checked(name, key, np.asarray(value), length) for key, value in episode.items()}
     if not out["is_first"][0]:
         raise EpisodeError(f"{name}: is_first[0] must be True")
     return out
+
+
+def _checked(name: str, key: str, value: np.ndarray, length: int) -> np.ndarray:
+    """One array of an episode, checked against SCHEMA and cast to its dtype (unknown keys pass unchanged)."""
+    if key not in SCHEMA:
+        return value
+    dtype, trailing = SCHEMA[key]
+    if value.ndim == 0 or len(value) != length:
+        raise EpisodeError(f"{name}: '{key}' has length {value.shape[:1]}, expected {length}")
+    if trailing is not None and value.shape[1:] != trailing:
+        raise EpisodeError(f"{name}: '{key}' has shape {value.shape}, expected ({length},)")
+    if key == "image" and (value.ndim != 4 or value.shape[-1] != 3 or value.dtype != np.uint8):
+        raise EpisodeError(f"{name}: 'image' is {value.dtype} {value.shape}, expected uint8 (L, H, W, 3)")
+    if key in ("state", "action") and value.ndim != 2:
+        raise EpisodeError(f"{name}: '{key}' has shape {value.shape}, expected (L, dim)")
+    if key == "action" and value.shape[1] != ACTION_DIM:
+        raise EpisodeError(f"{name}: 'action' has width {value.shape[1]}, expected {ACTION_DIM}")
+    if value.dtype.kind not in "biuf":
+        raise EpisodeError(f"{name}: '{key}' has dtype {value.dtype}, expected {np.dtype(dtype)}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise EpisodeError(f"{name}: '{key}' holds NaN or inf")
+    return value.astype(dtype, copy=False)
 
 
 def episode_length(episode: dict) -> int:
@@ -113,22 +121,38 @@ def episode_files(directory: str | os.PathLike) -> list[pathlib.Path]:
     return sorted(p for p in directory.glob("*.npz") if not p.name.startswith("."))
 
 
-def load_dir(directory: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, dict]:
-    """Load every valid episode in a folder; bad files are skipped with one warning line each.
+def load_dir(directory: str | os.PathLike, keys: Iterable[str] | None = None,
+             skipped: list[str] | None = None) -> dict[str, dict]:
+    """Load every valid episode in a folder; bad files are skipped with one warning line each (naming the file
+    and the reason), and so are files whose observation shapes differ from the folder's first good episode.
 
     `keys`: if given, episodes lacking any of them are skipped too (e.g. state episodes for a pixel model).
+    `skipped`: if given, the "file: reason" of each skipped file goes there instead of a warning, so that a
+    caller for which no usable episode is an error can say so in one line (and warn otherwise: `warn_skipped`).
     """
     keys = list(keys or [])
-    episodes = {}
+    episodes, shapes = {}, None
     for path in episode_files(directory):
         try:
             episode = load_episode(path)
+            absent = [k for k in keys if k not in episode]
+            if absent:
+                raise EpisodeError(f"{path}: lacks keys {absent}")
+            found = {k: episode[k].shape[1:] for k in OBS_KEYS["both"] if k in episode}
+            if shapes is not None and found != shapes:
+                raise EpisodeError(f"{path}: observation shapes {found} differ from the folder's {shapes}")
         except EpisodeError as err:
-            log.warning("skipping episode %s", err)
+            if skipped is None:
+                log.warning("skipping episode %s", err)
+            else:
+                skipped.append(str(err))
             continue
-        absent = [k for k in keys if k not in episode]
-        if absent:
-            log.warning("skipping episode %s: lacks keys %s", path, absent)
-            continue
+        shapes = found if shapes is None else shapes
         episodes[str(path)] = episode
     return episodes
+
+
+def warn_skipped(skipped: Iterable[str]) -> None:
+    """One warning line per "file: reason" that `load_dir(..., skipped=...)` collected."""
+    for reason in skipped:
+        log.warning("skipping episode %s", reason)

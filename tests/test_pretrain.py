@@ -118,13 +118,17 @@ def test_pretrain_input_errors(tmp_path, sources):
 
 
 def test_pretrain_nan_loss_is_an_error(tmp_path, sources):
+    # NaN data is caught when the episodes are read, naming the file; a diverging update is still an error.
     bad = tmp_path / "bad"
+    bad.mkdir()
     for path in replay.episode_files(sources[1]):
         episode = replay.load_episode(path)
         episode["reward"][:] = np.nan
-        replay.save_episode(bad, episode, path.name)
-    with pytest.raises(FloatingPointError, match="non-finite"):
+        np.savez_compressed(bad / path.name, **episode)
+    with pytest.raises(UsageError, match="'reward' holds NaN or inf"):
         dreamer_pretrain.run(args(tmp_path / "nan", [sources[0], bad]))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        dreamer_pretrain.run(args(tmp_path / "diverged", sources, "--model_lr", "1e30", "--model_grad_clip", "1e30"))
 
 
 def test_task_batching_balance():

@@ -23,6 +23,7 @@ import numpy as np
 
 import checkpoint
 from cli import UsageError
+from fileio import remove_temp_files
 from logger import Logger
 from replay import episode_files
 
@@ -165,14 +166,6 @@ def _alive(pid: int) -> bool:
 
 
 # --- files ------------------------------------------------------------------------------------------------
-
-def remove_temp_files(*folders: pathlib.Path) -> None:
-    """Delete the hidden `.*.tmp` files that an interrupted atomic write leaves (fileio.atomic_write)."""
-    for folder in folders:
-        if folder.is_dir():
-            for path in folder.glob(".*.tmp"):
-                path.unlink(missing_ok=True)
-
 
 def set_aside_later_episodes(folder: pathlib.Path, keep: int) -> None:
     """Move the episode files after the first `keep` (in name = creation order) to `folder/superseded/`."""

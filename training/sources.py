@@ -44,10 +44,12 @@ def load_task_episodes(task: str, directory, config) -> dict:
     if not files:
         raise UsageError(f"source folder for task '{task}' holds no episode files (*.npz): {path}; "
                          f"collect them with collect_data.py")
-    episodes = replay.load_dir(path, keys=needed)
+    skipped: list[str] = []
+    episodes = replay.load_dir(path, keys=needed, skipped=skipped)
     if not episodes:
-        raise UsageError(f"no usable episode for task '{task}' in {path} ({len(files)} files; "
-                         f"obs '{config.obs}' needs keys {needed})")
+        raise UsageError(f"no usable episode for task '{task}' in {path}: all {len(files)} files were skipped "
+                         f"(e.g. {skipped[0]}; obs '{config.obs}' needs keys {needed})")
+    replay.warn_skipped(skipped)
     return episodes
 
 

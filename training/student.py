@@ -63,6 +63,10 @@ def build_distiller(config, agent, device):
         teachers = behaviour.load(meta, path, device)
     except checkpoint.CheckpointError as err:
         raise UsageError(f"--teacher_model_path: {err}") from None
+    if config["source_tasks"] and list(config["source_tasks"]) != list(meta["source_tasks"]):
+        raise UsageError(f"--source_tasks {','.join(config['source_tasks'])} disagrees with the teacher's source tasks "
+                         f"{','.join(meta['source_tasks'])} ({path}); the teacher decides them: drop --source_tasks "
+                         f"or pass the teacher's list in its order")
     try:
         methods.check_compatible(config, teacher, agent.wm.obs_shapes, agent.act_dim, method)
         behaviour.check_compatible(teachers, agent.act_dim, agent.wm.obs_shapes, method.needs)
@@ -145,7 +149,7 @@ class Trainer:
     def _open(self) -> None:
         """Lock the logdir, restore the checkpoint (if any) with its replay, then open the logger and envs."""
         import envs
-        from replay import Replay, episode_files, load_dir
+        from replay import episode_files
 
         c, run_dir = self.config, self.run_dir
         payload = run_dir.open(self.device)
@@ -156,8 +160,7 @@ class Trainer:
         self.eval_dir.mkdir(parents=True, exist_ok=True)
         run_dir.rollback(payload and {k: payload[v] for k, v in (("train_eps", "episodes"),
                                                                    ("eval_eps", "eval_episodes")) if v in payload})
-        self.replay = Replay(load_dir(self.train_dir, keys=self.obs_keys), c.batch_size, c.batch_length,
-                             seed=c.seed, capacity=c.dataset_size)
+        self.replay = self._load_replay(payload is not None)
         self.action_rng = np.random.default_rng([c.seed, 1])
         self.video_rng = np.random.default_rng([c.seed, 2])  # videos must not move the training batches
         self.step, self.episodes, self.last_eval, self.last_success = 0, 0, 0, float("nan")
@@ -176,6 +179,19 @@ class Trainer:
         self.eval_envs = envs.VecEnv(c, c.task, c.eval_envs, seed=c.seed + 100_000 + 7919 * self.episodes)
         self._train_metrics: dict[str, list] = {}
         self._episode_stats: list[dict] = []
+
+    def _load_replay(self, resumed: bool):
+        """The replay rebuilt from train_eps/ (after the rollback: exactly the checkpoint's episodes)."""
+        import replay
+        from replay import Replay, load_dir
+
+        c, skipped = self.config, []
+        episodes = load_dir(self.train_dir, keys=self.obs_keys, skipped=skipped)
+        if resumed and skipped and not episodes:
+            raise UsageError(f"{self.train_dir}: none of the checkpoint's episode files is usable ({skipped[0]}); "
+                             f"move the logdir away or choose a new --logdir")
+        replay.warn_skipped(skipped)
+        return Replay(episodes, c.batch_size, c.batch_length, seed=c.seed, capacity=c.dataset_size)
 
     def _restore(self, payload: dict) -> None:
         self.agent.load_state_dict(payload["agent"])

@@ -1,0 +1,260 @@
+"""Crash safety: every stage killed (kill -9) at seeded moments, including before the first checkpoint and
+inside a checkpoint write, then run again; SIGTERM; two runs on one logdir. Real scripts as subprocesses,
+tiny `debug` configs, one thread.
+
+After each rerun: it completes; each step is logged once; the episodes on disk are exactly those the final
+checkpoint counts; no temp file is left; every checkpoint loads with weights_only=True; no process of the
+killed run is left.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import replay
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMMON = ["--configs", "defaults", "metaworld", "metaworld_state", "debug", "--device", "cpu", "--progress", "False",
+          "--threads", "1"]
+STUDENT = [*COMMON, "--task", "metaworld_reach", "--steps", "240", "--time_limit", "40", "--eval_every", "80",
+           "--log_every", "20", "--checkpoint_every", "80"]
+TEACHER = ["--pretrain_iterations", "12", "--log_every", "2", "--checkpoint_every", "4"]
+TASKS = "metaworld_reach,metaworld_push"
+
+
+# --- running and killing ----------------------------------------------------------------------------------
+
+def spawn(script: str, args: list, log: pathlib.Path, fault: str | None = None) -> subprocess.Popen:
+    """Start a stage script in its own process group (so its children can be found after it dies)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("COMET_KILL_IN_WRITE", None)
+    if fault:
+        env["COMET_KILL_IN_WRITE"] = fault
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def finish(script: str, args: list, log: pathlib.Path, fault: str | None = None, timeout: float = 300) -> int:
+    proc = spawn(script, args, log, fault)
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def wait_for(proc: subprocess.Popen, ready, log: pathlib.Path, timeout: float = 240) -> None:
+    """Poll until `ready()`; the process must still be running then."""
+    end = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"exited with {proc.returncode} before the kill point:\n{log.read_text()[-2000:]}"
+        assert time.time() < end, f"kill point not reached in {timeout}s:\n{log.read_text()[-2000:]}"
+        time.sleep(0.02)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    out = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    """kill -9 the stage's own process only (its children must not outlive it)."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    end = time.time() + 10
+    while group_members(proc.pid) and time.time() < end:
+        time.sleep(0.1)
+    assert not group_members(proc.pid), f"processes of the killed run left: {group_members(proc.pid)}"
+
+
+def rows(logdir: pathlib.Path) -> list[dict]:
+    path = logdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def count_rows(logdir: pathlib.Path, key: str) -> int:
+    try:
+        return sum(key in r for r in rows(logdir))
+    except json.JSONDecodeError:  # a line being written
+        return 0
+
+
+# --- the invariants ---------------------------------------------------------------------------------------
+
+def check_run(logdir: pathlib.Path, row_keys: tuple) -> None:
+    temp = [p for p in logdir.rglob("*") if p.name.endswith(".tmp")]
+    assert not temp, f"temp files left: {temp}"
+    for path in logdir.glob("*.pt"):
+        assert isinstance(torch.load(path, weights_only=True), dict), path
+    for key in row_keys:
+        steps = [r["step"] for r in rows(logdir) if key in r]
+        assert steps and steps == sorted(set(steps)), (key, steps)  # each step once, in order
+    assert not (logdir / ".lock").exists()
+
+
+def check_student(logdir: pathlib.Path) -> None:
+    check_run(logdir, ("train/updates", "eval/episodes"))
+    final = torch.load(logdir / "latest.pt", weights_only=True)
+    assert final["step"] == 240
+    assert len(replay.episode_files(logdir / "train_eps")) == final["episodes"] == 240 // 40
+    assert len(replay.episode_files(logdir / "eval_eps")) == final["eval_episodes"] == 3  # evals at 80, 160, 240
+    assert [r["step"] for r in rows(logdir) if "eval/episodes" in r] == [80, 160, 240]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    log = root / "collect.log"
+    code = finish("collect_data.py", ["--tasks", TASKS, "--episodes", "2", "--obs", "state", "--workers", "1",
+                                      "--out", root / "data", *COMMON], log)
+    assert code == 0, log.read_text()[-2000:]
+    return root, f"{root / 'data' / 'reach'},{root / 'data' / 'push'}"
+
+
+@pytest.fixture(scope="module")
+def teacher_run(sources):
+    """An uninterrupted teacher: the reference every resumed one must equal exactly."""
+    root, dirs = sources
+    logdir = root / "teacher_ref"
+    code = finish("dreamer_pretrain.py", [*COMMON, "--source_tasks", TASKS, "--source_task_dirs", dirs, *TEACHER,
+                                          "--logdir", logdir], root / "teacher_ref.log")
+    assert code == 0, (root / "teacher_ref.log").read_text()[-2000:]
+    return logdir
+
+
+# --- teacher --------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout_hint(90)
+@pytest.mark.parametrize("moment", ["first_checkpoint_write", "final_write", "random"])
+def test_pretrain_killed_then_rerun(sources, teacher_run, tmp_path, moment):
+    root, dirs = sources
+    logdir, log = tmp_path / "teacher", tmp_path / "teacher.log"
+    args = [*COMMON, "--source_tasks", TASKS, "--source_task_dirs", dirs, *TEACHER, "--logdir", logdir]
+    fault = {"first_checkpoint_write": "latest.pt:1", "second_checkpoint_write": "latest.pt:2",
+             "final_write": "teacher.pt:1"}.get(moment)
+    if fault:
+        assert finish("dreamer_pretrain.py", args, log, fault) == -signal.SIGKILL
+        assert list(logdir.glob(".*.tmp")), "the kill did not happen inside a write"
+    else:
+        k = int(np.random.default_rng(0).integers(1, 6))  # seeded: killed after the k-th logged window
+        proc = spawn("dreamer_pretrain.py", args, log)
+        wait_for(proc, lambda: count_rows(logdir, "train/model_loss") >= k, log)
+        kill9(proc)
+    assert finish("dreamer_pretrain.py", args, log) == 0, log.read_text()[-2000:]
+    check_run(logdir, ("train/model_loss",))
+    resumed = torch.load(logdir / "teacher.pt", weights_only=True)["model"]
+    reference = torch.load(teacher_run / "teacher.pt", weights_only=True)["model"]
+    for name, value in reference.items():  # the resumed teacher is bit-identical to the uninterrupted one
+        assert torch.equal(resumed[name], value), name
+
+
+# --- student ----------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout_hint(120)
+@pytest.mark.parametrize("moment", ["first_checkpoint_write", "before_first_checkpoint"])
+def test_student_killed_then_rerun(tmp_path, moment):
+    logdir, log = tmp_path / "student", tmp_path / "student.log"
+    args = [*STUDENT, "--logdir", logdir]
+    if moment == "first_checkpoint_write":
+        assert finish("dreamer_distill.py", args, log, "latest.pt:1") == -signal.SIGKILL
+        assert list(logdir.glob(".*.tmp")) and not (logdir / "latest.pt").exists()
+    else:
+        k = int(np.random.default_rng(1).integers(2, 4 if moment == "before_first_checkpoint" else 11))
+        flags = ["--checkpoint_every", "200"] if moment == "before_first_checkpoint" else []
+        proc = spawn("dreamer_distill.py", [*args, *flags], log)
+        wait_for(proc, lambda: count_rows(logdir, "train/updates") >= k, log)
+        kill9(proc)
+        assert moment != "before_first_checkpoint" or not (logdir / "latest.pt").exists()
+    assert finish("dreamer_distill.py", args, log) == 0, log.read_text()[-2000:]
+    check_student(logdir)
+
+
+@pytest.mark.timeout_hint(150)
+@pytest.mark.parametrize("moment", ["second_checkpoint_write", "random"])
+def test_distilling_student_killed_then_rerun(sources, teacher_run, tmp_path, moment):
+    logdir, log = tmp_path / "comet", tmp_path / "comet.log"
+    args = [*STUDENT, "--use_distill", "True", "--teacher_model_path", teacher_run / "teacher.pt",
+            "--prune_every", "3", "--min_active_tasks", "1", "--logdir", logdir]
+    if moment == "second_checkpoint_write":
+        assert finish("dreamer_distill.py", args, log, "latest.pt:2") == -signal.SIGKILL
+        assert torch.load(logdir / "latest.pt", weights_only=True)["step"] == 80
+    else:
+        k = int(np.random.default_rng(2).integers(2, 11))
+        proc = spawn("dreamer_distill.py", args, log)
+        wait_for(proc, lambda: count_rows(logdir, "train/updates") >= k, log)
+        kill9(proc)
+    assert finish("dreamer_distill.py", args, log) == 0, log.read_text()[-2000:]
+    check_student(logdir)
+    prunes = [r for r in rows(logdir) if r.get("event") == "prune"]
+    assert len(prunes) == 1, prunes  # the prune event is logged once
+
+
+# --- collection -------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout_hint(120)
+def test_collect_killed_leaves_no_workers_and_resumes(tmp_path):
+    out, log = tmp_path / "data", tmp_path / "collect.log"
+    args = ["--tasks", "metaworld_reach", "--episodes", "4", "--obs", "state", "--workers", "2", "--out", out,
+            "--time_limit", "40", *COMMON]
+    k = int(np.random.default_rng(3).integers(1, 3))
+    proc = spawn("collect_data.py", args, log)
+    wait_for(proc, lambda: len(list((out / "reach").glob("episode-*.npz"))) >= k if (out / "reach").is_dir()
+             else False, log)
+    kill9(proc)  # asserts that the pool workers and the resource tracker died with it
+    assert finish("collect_data.py", args, log) == 0, log.read_text()[-2000:]
+    manifest = json.loads((out / "reach" / "manifest.json").read_text())
+    assert manifest["episodes"] == 4 and len(replay.load_dir(out / "reach")) == 4
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+# --- SIGTERM and the lock -----------------------------------------------------------------------------------
+
+@pytest.mark.timeout_hint(90)
+def test_sigterm_saves_like_ctrl_c_and_the_run_resumes(tmp_path):
+    logdir, log = tmp_path / "student", tmp_path / "student.log"
+    args = [*STUDENT, "--logdir", logdir, "--checkpoint_every", "200"]
+    proc = spawn("dreamer_distill.py", args, log)
+    wait_for(proc, lambda: count_rows(logdir, "train/updates") >= 2, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130, log.read_text()[-2000:]
+    saved = torch.load(logdir / "latest.pt", weights_only=True)
+    assert 40 <= saved["step"] < 200  # saved at the moment of the signal, not at a periodic checkpoint
+    assert "interrupted: checkpoint saved" in log.read_text()
+    assert finish("dreamer_distill.py", [*STUDENT, "--logdir", logdir], log) == 0, log.read_text()[-2000:]
+    check_student(logdir)
+
+
+@pytest.mark.timeout_hint(90)
+def test_a_second_run_on_a_locked_logdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    logdir, log = tmp_path / "student", tmp_path / "first.log"
+    long_run = [*STUDENT, "--logdir", logdir, "--steps", "4000", "--checkpoint_every", "40"]
+    first = spawn("dreamer_distill.py", long_run, log)
+    wait_for(first, lambda: (logdir / ".lock").is_file() and count_rows(logdir, "train/updates") >= 1, log)
+    second = subprocess.run([sys.executable, "dreamer_distill.py", *long_run[:-4], "--steps", "4000"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1 and f"PID {first.pid}" in lines[0], second.stderr
+    kill9(first)  # leaves a stale lock behind
+    assert (logdir / ".lock").read_text().split()[0] == str(first.pid)
+    reached = torch.load(logdir / "latest.pt", weights_only=True)["step"] if (logdir / "latest.pt").exists() else 0
+    rerun = [*STUDENT, "--logdir", logdir, "--steps", str(reached + 80), "--checkpoint_every", "40"]
+    assert finish("dreamer_distill.py", rerun, log) == 0, log.read_text()[-2000:]
+    check_run(logdir, ("train/updates", "eval/episodes"))
+    final = torch.load(logdir / "latest.pt", weights_only=True)
+    assert final["step"] == reached + 80 and len(replay.episode_files(logdir / "train_eps")) == final["episodes"]
