@@ -158,7 +158,7 @@ CASES = {
     "collect: --episode": (simple(collect_data.main, lambda w, t: ["--tasks", TASKS, "--episode", "3", "--out",
                                                                   str(t)]), 2, "did you mean '--episodes'"),
     "collect: unknown task": (simple(collect_data.main, lambda w, t: ["--tasks", "metaworld_nope", "--out", str(t)]),
-                              2, "valid tasks"),
+                              2, "unknown task 'metaworld_nope'"),
     "student: --source_tasks disagrees with the teacher": (
         simple(dreamer_distill.main, lambda w, t: student_argv(w, t / "s", "--use_distill", "True",
                                                                "--teacher_model_path", str(w["teacher"]),
