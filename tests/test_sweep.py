@@ -122,7 +122,9 @@ def test_killed_driver_continues_and_a_bad_flag_is_reported(tmp_path):
     running = root / "students/drawer_close/dreamer/seed0"
     process = sweep(spec)
     try:
-        pids = wait_for(lambda: (running / "metrics.jsonl").exists() and stage_pids(running), 120, "a running student")
+        # Killed as soon as the student has started (its config is written before the envs start): waiting for
+        # its first metrics lets a tiny run finish on an idle machine before the kill lands.
+        pids = wait_for(lambda: (running / "config.yaml").exists() and stage_pids(running), 120, "a running student")
         process.kill()
         process.wait()
         # The stage process dies with its Ray worker instead of running on as an orphan.
