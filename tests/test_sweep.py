@@ -125,6 +125,8 @@ def test_killed_driver_continues_and_a_bad_flag_is_reported(tmp_path):
         # Killed as soon as the student has started (its config is written before the envs start): waiting for
         # its first metrics lets a tiny run finish on an idle machine before the kill lands.
         pids = wait_for(lambda: (running / "config.yaml").exists() and stage_pids(running), 120, "a running student")
+        # Ray's default worker niceness (15) would starve the jobs on a shared machine.
+        assert os.getpriority(os.PRIO_PROCESS, pids[0]) == os.getpriority(os.PRIO_PROCESS, 0), "stage job reniced"
         process.kill()
         process.wait()
         # The stage process dies with its Ray worker instead of running on as an orphan.
