@@ -31,8 +31,8 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) ->
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
-        # Ray starts its workers at niceness 15, so on a machine shared with other work the sweep's stage
-        # scripts ran 4-5x slower than the same command typed by hand; jobs run at the driver's priority.
+        # Ray starts its workers at niceness 15: on a machine shared with other work the sweep's stage
+        # scripts then get only the CPU nobody else wants. Jobs run at the driver's priority instead.
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
 
