@@ -89,14 +89,20 @@ def _submit_ready(order: list[Job], outcomes: dict, running: dict, remote, progr
             progress.event(f"started {job.name}")
 
 
+def finished_before(jobs: list[Job]) -> set[str]:
+    """Jobs not to start again: those with a done marker, except a report (`after_settled`) made before some
+    of its inputs had finished (a spec that grew a seed or a method gets its report made again)."""
+    done = {job.name for job in jobs if job.done_marker.exists()}
+    return {job.name for job in jobs if job.name in done and not (job.after_settled and not set(job.deps) <= done)}
+
+
 def run(jobs: list[Job], progress: Progress, retries: int = 2, poll_s: float = 1.0) -> dict[str, Outcome]:
     """Drive the graph to the end; Ctrl-C cancels the running jobs (they save and resume next time)."""
     import ray
 
     outcomes = {job.name: Outcome() for job in jobs}
-    for job in jobs:
-        if job.done_marker.exists():
-            outcomes[job.name] = Outcome("done", skipped=True)
+    for name in finished_before(jobs):
+        outcomes[name] = Outcome("done", skipped=True)
     skipped = sum(o.skipped for o in outcomes.values())
     if skipped:
         progress.event(f"{skipped} of {len(jobs)} jobs already done; not started again")

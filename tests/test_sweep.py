@@ -205,3 +205,20 @@ def test_results_known_values_and_reproducible(tmp_path):
             assert row["auc"] == pytest.approx(np.mean(targets[row["target"]]) / 2)
     assert data["protocol"]["eval_episodes"] == [20] and data["protocol"]["eval_steps"] == [100, 200, 300]
     assert 0.5 < data["probability_of_improvement"]["comet > dreamer"][0] <= 1.0
+
+
+def test_report_made_before_all_its_inputs_is_made_again(tmp_path):
+    from sweeps import jobs as sweep_jobs, runner, spec as sweep_spec
+
+    path = write_spec(tmp_path / "spec.yaml", tmp_path / "sweep", {"dreamer": {"flags": {"use_distill": False}}},
+                      teachers=False)
+    graph = sweep_jobs.build(sweep_spec.load(path, ROOT))
+    report = next(job for job in graph if job.after_settled)
+    students = [job for job in graph if job.name.startswith("students/")]
+    assert len(students) == 2 and set(report.deps) == {j.name for j in students}, report.deps
+    for job in graph:
+        job.done_marker.parent.mkdir(parents=True, exist_ok=True)
+        job.done_marker.write_text("{}")
+    assert runner.finished_before(graph) == {job.name for job in graph}
+    students[1].done_marker.unlink()  # e.g. a seed added to the spec after the report was made
+    assert runner.finished_before(graph) == {job.name for job in graph} - {students[1].name, report.name}
