@@ -30,7 +30,7 @@ from bench import device_speed  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 
 SMALL_DYN = ["--dyn_stoch", "32", "--dyn_deter", "128", "--dyn_hidden", "128", "--mlp_units", "128"]
-# name: (config overrides on `defaults metaworld`, teacher experts = source tasks)
+# name: (config overrides on `defaults metaworld`, teacher experts = source tasks[, blocks instead])
 CANDIDATES = {
     "paper": ([], 6),
     "small32": (["--batch_size", "16", *SMALL_DYN], 3),
@@ -38,6 +38,8 @@ CANDIDATES = {
     "small16_b16x32": (["--cnn_depth", "16", "--batch_size", "16", "--batch_length", "32", *SMALL_DYN], 3),
     "small8": (["--cnn_depth", "8", "--batch_size", "16", *SMALL_DYN], 3),
     "small8_b8": (["--cnn_depth", "8", "--batch_size", "8", *SMALL_DYN], 3),
+    # the committed CPU pixel protocol (docs/benchmarks.md, "A pixel protocol that learns on a CPU")
+    "pixel_cpu": ([], 4, ["defaults", "metaworld", "metaworld_pixel_cpu"]),
 }
 BLOCKS = ["defaults", "metaworld"]
 
@@ -65,13 +67,13 @@ def teacher_spec(config, k: int) -> dict:
 
 
 def candidate(name: str, reps: int, steps: int, env_cost: float) -> dict:
-    overrides, k = CANDIDATES[name]
+    overrides, k, blocks = (*CANDIDATES[name], BLOCKS)[:3]
     cpu = torch.device("cpu")
-    config = configs.load_config(["--configs", *BLOCKS, *overrides])
-    plain = device_speed.student_update(BLOCKS, None, cpu, "fp32", 1, reps, overrides)
-    distill = device_speed.student_update(BLOCKS, k, cpu, "fp32", 1, reps, overrides)
+    config = configs.load_config(["--configs", *blocks, *overrides])
+    plain = device_speed.student_update(blocks, None, cpu, "fp32", 1, reps, overrides)
+    distill = device_speed.student_update(blocks, k, cpu, "fp32", 1, reps, overrides)
     teacher = device_speed.teacher_update(teacher_spec(config, k), cpu, "fp32", 1, reps)
-    policy = device_speed.policy_latency(BLOCKS, cpu, "fp32", 20, overrides)
+    policy = device_speed.policy_latency(blocks, cpu, "fp32", 20, overrides)
     updates = steps / config.train_every
     acting = steps * env_cost + steps / config.action_repeat * policy["sec_median"]
     hours = {arm: round((updates * part["cpu_sec_per_update"] + acting) / 3600, 2)
