@@ -24,6 +24,13 @@ SUCCESS_RULES = {"success_any": "any step: info['success'] true at some step of 
                  "success_final": "final step: info['success'] true at the last step of the episode"}
 
 
+def prefill_episode(start_step: int, prefill: int) -> bool:
+    """Whether a student episode that began at env step `start_step` holds prefill steps (uniform random actions).
+
+    Such episodes are training data only: no success or return figure counts them."""
+    return start_step < prefill
+
+
 def success_any(success) -> bool:
     """Whether an episode succeeded at any step. `success` (L,); entry 0 (the reset) is 0 by the env contract."""
     return bool(np.max(np.asarray(success), initial=0.0) > 0)

@@ -12,6 +12,7 @@ import numpy as np
 
 import replay
 from cli import UsageError
+from contract import prefill_episode
 from envs.tasks import TaskNameError, canonical_task, task_dir_name
 
 
@@ -165,7 +166,7 @@ def prefill_episodes(directory: pathlib.Path, files: Sequence[pathlib.Path]) -> 
         return 0, f"{directory}: no readable run config.yaml next to it, so prefill episodes cannot be told apart; all used"
     start, count = 0, 0
     for file in files:
-        if start >= prefill:
+        if not prefill_episode(start, prefill):
             break
         start += _env_steps(file, repeat)
         count += 1

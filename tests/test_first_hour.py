@@ -1,6 +1,6 @@
 """What a new user meets first, on a real tiny state run of the student: an eval video although the agent
-sees only the state, a warned and recorded config change on resume, prefill episodes left out of OOD
-student sets, and per-stage --help."""
+sees only the state, a warned and recorded config change on resume, prefill episodes left out of the train
+figures and of OOD student sets, and per-stage --help."""
 import json
 import subprocess
 import sys
@@ -39,6 +39,28 @@ def test_state_run_logs_an_eval_video(state_run):
 
     gif = Image.open(io.BytesIO(videos[-1].encoded_image_string))
     assert gif.n_frames == 21  # the reset frame and 20 policy steps of one evaluation episode
+
+
+def test_train_episode_figures_leave_out_the_prefill_episodes(state_run):
+    """The first two episodes (began at env steps 0 and 40 < prefill 80) are random-action data: the `train/`
+    episode figures in metrics.jsonl and TensorBoard hold only the last two, the policy's."""
+    from contract import success_any
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    episodes = [ep for _, ep in sorted(replay.load_dir(state_run / "train_eps").items())]
+    assert len(episodes) == 4
+    rows = {r["step"]: r for r in map(json.loads, (state_run / "metrics.jsonl").read_text().splitlines())
+            if "train/episodes" in r}
+    assert [rows[s]["train/episodes"] for s in (40, 80, 120, 160)] == [1, 2, 3, 4]
+    assert not any(k in rows[s] for s in (40, 80) for k in ("train/success_any", "train/return"))
+    for step, episode in zip((120, 160), episodes[2:]):
+        assert rows[step]["train/success_any"] == float(success_any(episode["success"]))
+        assert rows[step]["train/return"] == pytest.approx(float(episode["reward"].sum()), rel=1e-6)
+    acc = EventAccumulator(str(state_run), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag in ("train/success_any", "train/success_final", "train/return"):
+        assert [e.step for e in acc.Scalars(tag)] == [120, 160], tag
+    assert [e.step for e in acc.Scalars("train/episodes")] == [40, 80, 120, 160]
 
 
 def test_resume_with_a_changed_flag_warns_and_keeps_the_history(state_run, capsys):

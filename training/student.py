@@ -19,7 +19,7 @@ import checkpoint
 import configs
 import runtime
 from cli import UsageError
-from contract import ACTION_DIM, OBS_KEYS
+from contract import ACTION_DIM, OBS_KEYS, prefill_episode
 from logger import label_rows, wandb_settings
 
 from .episodes import STAT_KEYS, EpisodeBuilder, ended, episode_stats, merge_reset
@@ -236,13 +236,17 @@ class Trainer:
                 shown = time.time()
                 self.bar.set_postfix(updates=f"{self.agent.updates}/{target}", eval_success=f"{self.last_success:.2f}")
 
-    def end_episode(self, episode: dict) -> None:
+    def end_episode(self, episode: dict, start_step: int) -> None:
+        """Save and replay a finished training episode that began at env step `start_step`.
+
+        Prefill episodes (random actions) are data only: the `train/` episode figures leave them out."""
         from replay import save_episode
 
         path = save_episode(self.train_dir, episode)
         self.replay.add(episode, name=str(path))
         self.episodes += 1
-        self._episode_stats.append(episode_stats(episode))
+        if not prefill_episode(start_step, self.config.prefill):
+            self._episode_stats.append(episode_stats(episode))
 
     def log(self) -> None:
         lg = self.logger
@@ -325,6 +329,7 @@ class Trainer:
         obs = self.train_envs.reset()
         for i in range(n):
             builder.start(i, obs)
+        self._starts = [self.step] * n  # env step at which each env's current episode began
         state = None
         while self.step < c.steps:
             previous = self.step
@@ -345,12 +350,13 @@ class Trainer:
         for i in range(self.train_envs.n):
             builder.add(i, obs, action[i])
             if ended(obs, i):
-                self.end_episode(builder.finish(i))
+                self.end_episode(builder.finish(i), self._starts[i])
                 finished.append(i)
         if finished:
             obs = merge_reset(obs, finished, self.train_envs.reset(finished))
             for i in finished:
                 builder.start(i, obs)
+                self._starts[i] = self.step
         return obs
 
     def _periodic(self, previous: int, bar) -> None:
