@@ -1,141 +1,124 @@
-"""Run the whole COMET pipeline at a small built-in scale on a CPU.
+"""Run the whole COMET pipeline as a small sweep on a local Ray, and end with a results table and curves.
 
-collect 3 source tasks -> pretrain the teacher -> distilled and plain students on a target task -> OOD
-detection. Each stage is one of the project's own scripts run as a subprocess, exactly as a user would type
-it; finished stages are skipped when the command is run again, so an interrupted run picks up where it was.
+collect 3 source tasks -> pretrain a teacher -> COMET and plain Dreamer students on a target task the teacher
+never saw, a few seeds each -> OOD detection per COMET student -> results.md, curves.png. The sweep is
+sweeps/specs/quickstart.yaml with this command's flags filled in, run by sweep.py's runner: every job is a stage
+script's command line, finished jobs are skipped when the command is run again, interrupted ones resume.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import shlex
-import subprocess
 import sys
-import time
+
+import cli
 
 ROOT = pathlib.Path(__file__).resolve().parent
+SPEC = ROOT / "sweeps" / "specs" / "quickstart.yaml"
 
-# Sizes per scale: episodes per source task, extra config blocks, overrides for the training stages
-# (each stage gets only the ones it reads).
+# Changes to the spec per scale. "test" (the test suite): a few updates and a few hundred env steps per job.
 SCALES = {
-    "default": dict(episodes=12, blocks=["quickstart"], overrides={}),
-    # Used by the test suite: a few updates and a few hundred env steps per stage.
-    "test": dict(episodes=3, blocks=["quickstart", "debug"],
-                 overrides={"time_limit": "60", "steps": "120", "prefill": "60", "eval_every": "120",
-                            "pretrain_iterations": "3", "batch_length": "8"}),
+    "default": {},
+    "test": {"flags": {"configs": ["defaults", "metaworld", "quickstart", "debug"], "time_limit": 40},
+             "collect": {"flags": {"episodes": 3, "time_limit": 40}},
+             "teachers": {"moe": {"flags": {"pretrain_iterations": 3}}},
+             "students": {"flags": {"steps": 160, "prefill": 40, "eval_every": 80, "log_every": 80,
+                                    "checkpoint_every": 80, "eval_episodes": 1}},
+             "report": {"reps": 200, "last": 1}},
 }
 
 
-def stage_flags_for(script: str, flags: dict) -> list[str]:
-    """`--key value` for the keys of `flags` that `script` reads (the others would only draw a warning)."""
-    import stage_flags
-
-    mine = set(stage_flags.stage_keys(script, stage_flags.CONFIG_FILE))
-    return [token for key, value in flags.items() if key in mine for token in (f"--{key}", str(value))]
-
-
-def relay(stream, log) -> None:
-    """Copy a stage's output to its log file and to our stdout, indented.
-
-    Progress bars redraw one line with carriage returns: a terminal shows them in place, while a pipe or
-    file (CI, nohup) gets only each bar's last state, not one line per redraw.
-    """
-    live = sys.stdout.isatty()
-    pending = b""
-    for chunk in iter(lambda: stream.read1(65536), b""):
-        log.write(chunk)
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            text = line.split(b"\r")[-1].decode(errors="replace")
-            sys.stdout.write(("\r    " if live else "    ") + text + "\n")
-        if live and b"\r" in pending:
-            sys.stdout.write("\r    " + pending.split(b"\r")[-1].decode(errors="replace"))
-        sys.stdout.flush()
-    if pending:
-        sys.stdout.write("    " + pending.split(b"\r")[-1].decode(errors="replace") + "\n")
+def merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied key by key; nested mappings are merged, anything else replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
 
 
-def stage(name: str, command: list[str], done: pathlib.Path, log: pathlib.Path) -> None:
-    """Run one stage unless its marker `done` exists; stream its output and stop the pipeline if it fails.
-
-    The marker is written only after the stage exits cleanly, so a stage that was interrupted runs again
-    (and the scripts themselves resume from their checkpoints).
-    """
-    if done.exists():
-        print(f"[quickstart] {name}: already done ({done})", flush=True)
-        return
-    print(f"[quickstart] {name}: {shlex.join(command)}", flush=True)
-    start = time.time()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        relay(process.stdout, f)
-        code = process.wait()
-    if code != 0:
-        raise SystemExit(f"[quickstart] {name} failed (exit {code}); full output in {log}")
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.touch()
-    print(f"[quickstart] {name}: done in {time.time() - start:.0f}s", flush=True)
+def seeds_from(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise cli.UsageError(f"--seeds takes seeds >= 0 separated by commas (e.g. 0,1,2), got '{text}'")
+    return seeds
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="runs/quickstart", help="folder for data and runs")
+def student_steps(steps: int, flags: dict) -> dict:
+    """Student flags for `steps` env steps: three evaluations, the prefill at most a fifth of the run."""
+    if steps < 10:
+        raise cli.UsageError(f"--steps must be at least 10 env steps, got {steps}")
+    every = max(steps // 3, 1)
+    return {"steps": steps, "eval_every": every, "log_every": every, "checkpoint_every": every,
+            "prefill": min(int(flags.get("prefill", steps)), steps // 5)}
+
+
+def build_spec(args) -> dict:
+    """The quick start's sweep spec: the committed one, the scale's changes, then this command's flags."""
+    from ruamel.yaml import YAML
+
+    spec = merge(YAML(typ="safe", pure=True).load(SPEC.read_text()), SCALES[args.scale])
+    changes = {"root": str((ROOT / args.root).resolve()), "resources": {"num_cpus": args.threads},
+               "flags": {"device": args.device}, "students": {"seeds": seeds_from(args.seeds)}}
+    if args.device != "cpu":  # two training jobs share each GPU; collection and the report ask for none
+        changes["resources"]["num_gpus"] = 0.5
+    if args.steps is not None:
+        changes["students"]["flags"] = student_steps(args.steps, spec["students"]["flags"])
+    return merge(spec, changes)
+
+
+def write_spec(spec: dict) -> pathlib.Path:
+    from ruamel.yaml import YAML
+
+    path = pathlib.Path(spec["root"]) / "quickstart_sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"# written by quickstart.py from {SPEC.relative_to(ROOT)}; run it with sweep.py to continue\n")
+        YAML().dump(spec, f)
+    return path
+
+
+def run(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--root", default="runs/quickstart", help="folder for data, runs and the report")
     parser.add_argument("--scale", choices=sorted(SCALES), default="default")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", default="0")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads per stage (0: torch's default); 1 is often faster on a busy machine")
+    parser.add_argument("--seeds", default="0,1,2", help="student seeds, per method (comma-separated)")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per student (default: the spec's 1500)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per job = CPUs each job holds (1: two jobs side by side on 2 cores)")
+    parser.add_argument("--num_cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (two training jobs per GPU)")
+    parser.add_argument("--dry_run", action="store_true", help="print every job's command line and exit")
     args = parser.parse_args(argv)
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0, got {args.threads}")
-    scale = SCALES[args.scale]
-    root = (ROOT / args.root).resolve()
-    data = root / "data"
-    python = sys.executable
-    tasks = ["metaworld_reach", "metaworld_drawer_close", "metaworld_door_open"]
-    dirs = [str(data / t.removeprefix("metaworld_")) for t in tasks]
-    flags = {**scale["overrides"], "source_tasks": ",".join(tasks), "source_task_dirs": ",".join(dirs),
-             "device": args.device, "seed": args.seed, "threads": args.threads, "ood_threads": args.threads}
-    blocks = ["--configs", "defaults", "metaworld", *scale["blocks"]]
-    marks = root / ".done"
-    start = time.time()
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
 
-    stage("collect source data",
-          [python, "collect_data.py", "--tasks", ",".join(tasks), "--episodes", str(scale["episodes"]),
-           "--obs", "state", "--noise", "0.1", "--random_frac", "0.1", "--workers", "2",
-           "--out", str(data), "--seed", args.seed],
-          marks / "collect", root / "logs" / "collect.log")
+    import sweep
+    from analysis.report import tables
 
-    teacher = root / "teacher"
-    stage("pretrain teacher",
-          [python, "dreamer_pretrain.py", *blocks, *stage_flags_for("dreamer_pretrain.py", flags),
-           "--logdir", str(teacher)],
-          marks / "pretrain", root / "logs" / "pretrain.log")
+    spec = build_spec(args)
+    root = pathlib.Path(spec["root"])
+    path = write_spec(spec)
+    sweep.run([str(path), *(["--num_cpus", str(args.num_cpus)] if args.num_cpus else []),
+               *(["--dry_run"] if args.dry_run else [])])
+    if args.dry_run:
+        return
+    report = root / "report"
+    print(f"\n{tables(report / 'results.md')}\n")
+    print(f"[quickstart] results:     {report / 'results.md'} (+ results.json, results.csv)")
+    print(f"[quickstart] curves:      {report / 'curves.png'} (IQM curves: iqm_curves.png)")
+    print(f"[quickstart] OOD reports: {root / 'ood'}/<target>/comet/seed<k>/")
+    print(f"[quickstart] TensorBoard: .venv/bin/tensorboard --logdir {root}")
+    print(f"[quickstart] continue or extend it: python sweep.py {path}")
 
-    students = {"comet": ["--use_distill", "True", "--teacher_model_path", str(teacher / "teacher.pt")],
-                "dreamer": ["--use_distill", "False"]}
-    for name, options in students.items():
-        logdir = root / name
-        stage(f"student ({name})",
-              [python, "dreamer_distill.py", *blocks, *stage_flags_for("dreamer_distill.py", flags),
-               "--logdir", str(logdir), *options],
-              marks / name, root / "logs" / f"{name}.log")
 
-    ood = root / "ood"
-    stage("OOD detection",
-          [python, "ood_detection.py", *blocks, *stage_flags_for("ood_detection.py", flags),
-           "--teacher_model_path", str(teacher / "teacher.pt"), "--source_dir", ",".join(dirs), "--student_dir", str(root / "comet" / "train_eps"), "--out", str(ood)],
-          marks / "ood", root / "logs" / "ood.log")
-
-    print(f"\n[quickstart] pipeline finished in {time.time() - start:.0f}s")
-    print(f"[quickstart] TensorBoard:  .venv/bin/tensorboard --logdir {root}")
-    print(f"[quickstart] OOD summary:  {ood / 'ood_report.json'}")
-    print(f"[quickstart] students:     {root / 'comet'} (distilled), {root / 'dreamer'} (baseline)")
+def main(argv=None) -> int:
+    """Exit 0: pipeline and report done; 1: a job failed (listed with its log); 2: bad flags; 130: interrupted."""
+    return cli.run_main("quickstart.py", run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

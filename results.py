@@ -36,7 +36,7 @@ def run(argv=None) -> None:
     for note in notes:
         print(f"note: {note}")
     path = report.write(table, runs, notes, pathlib.Path(args.out), args.seed, args.reps)
-    print(path.read_text().split("## Plots")[0].rstrip())
+    print(report.tables(path))
     print(f"\nwritten: {path} (+ results.json, results.csv, curves.png, iqm_curves.png, profiles.png)")
 
 

@@ -23,7 +23,7 @@ def commit() -> str:
         return "unknown"
 
 
-def protocol(table: Table, runs: list, seed: int) -> dict:
+def protocol(table: Table, runs: list, seed: int, reps: int) -> dict:
     eval_episodes = sorted({r.eval_episodes for r in runs if r.method in table.methods})
     return {"success_rule": SUCCESS_RULE, "policy": "deterministic (mode action)",
             "eval_episodes": eval_episodes, "prefill": "random prefill episodes are training data only; every "
@@ -31,7 +31,7 @@ def protocol(table: Table, runs: list, seed: int) -> dict:
             "env_steps": int(table.steps[-1]), "eval_steps": table.steps.tolist(), "final_score":
             f"mean of the last {table.last} evaluations", "auc": "trapezoid area under the success curve divided "
             "by the evaluated step range", "ci": f"{int(stats.CI * 100)}% stratified bootstrap (rliable, "
-            f"{stats.REPS} reps, numpy seed {seed})", "seeds": table.seeds, "targets": table.targets,
+            f"{reps} reps, numpy seed {seed})", "seeds": table.seeds, "targets": table.targets,
             "commit": commit()}
 
 
@@ -79,7 +79,7 @@ def markdown(table: Table, proto: dict, rows: list[dict], agg: dict, poi: dict, 
 
 def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: int, reps: int) -> pathlib.Path:
     out.mkdir(parents=True, exist_ok=True)
-    proto = protocol(table, runs, seed)
+    proto = protocol(table, runs, seed, reps)
     rows = per_target_rows(table)
     agg, poi = stats.aggregates(table, seed, reps), stats.improvement(table, seed, reps)
     curves = stats.iqm_curves(table, seed, reps)
@@ -102,6 +102,11 @@ def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: i
         writer.writeheader()
         writer.writerows(rows)
     return out / "results.md"
+
+
+def tables(path: pathlib.Path) -> str:
+    """The text of a results.md up to its plots: protocol and tables, for a console."""
+    return path.read_text().split("## Plots")[0].rstrip()
 
 
 def _plain(value):

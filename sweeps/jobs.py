@@ -52,6 +52,16 @@ def as_args(flags: dict) -> list[str]:
     return args
 
 
+def for_stage(script: str, flags: dict) -> dict:
+    """The shared `flags` that `script` reads. A key of another stage is left out (the stage would only warn
+    that it has no effect); a key no stage knows stays, so a typo still fails with the stage's own error."""
+    import stage_flags
+
+    known = stage_flags.describe(stage_flags.CONFIG_FILE)
+    mine = set(stage_flags.stage_keys(script, stage_flags.CONFIG_FILE))
+    return {k: v for k, v in flags.items() if k == "configs" or k not in known or k in mine}
+
+
 def threads(num_cpus: float) -> str:
     return str(max(1, int(num_cpus)))
 
@@ -74,11 +84,13 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
                                                   "--workers", threads(cpus), *as_args(spec.collect_flags)], [])
         collect.num_gpus = 0
     sources = ["--source_tasks", ",".join(spec.source_tasks), "--source_task_dirs", ",".join(data_dirs)]
-    common = [*as_args(spec.flags), "--threads", threads(cpus)]
+    common = {script: as_args(for_stage(script, {**spec.flags, "threads": threads(cpus)}))
+              for script in ("dreamer_pretrain.py", "dreamer_distill.py", "ood_detection.py")}
     for name, flags in spec.teachers.items():
         add(f"teachers/{name}", "dreamer_pretrain.py",
-            [*common, *sources, *as_args(flags), "--logdir", str(root / "teachers" / name)], ["data"])
-    students = []
+            [*common["dreamer_pretrain.py"], *sources, *as_args(flags), "--logdir", str(root / "teachers" / name)],
+            ["data"])
+    students, distill, ood_args = [], common["dreamer_distill.py"], common["ood_detection.py"]
     # Seed-major order: a sweep stopped early holds whole seeds (every target x method), not whole methods.
     for seed in spec.seeds:
         for target in spec.targets:
@@ -88,14 +100,14 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
                     "--teacher_model_path", str(root / "teachers" / method.teacher / "teacher.pt")]
                 deps = [] if method.teacher is None else [f"teachers/{method.teacher}"]
                 students.append(add(name, "dreamer_distill.py",
-                                    [*common, *sources, *as_args(spec.student_flags), *as_args(method.flags),
+                                    [*distill, *sources, *as_args(spec.student_flags), *as_args(method.flags),
                                      *teacher, "--task", target, "--seed", str(seed), "--logdir", str(root / name)],
                                     deps))
                 if spec.ood and method.teacher is not None:
                     ood = f"ood/{short(target)}/{method.name}/seed{seed}"
                     add(ood, "ood_detection.py",
-                        [*common, *sources, *teacher, "--ood_threads", threads(cpus), "--source_dir", ",".join(data_dirs),
-                         "--student_dir", str(root / name / "train_eps"), "--out", str(root / ood)], [name])
+                        [*ood_args, *sources, *teacher, "--ood_threads", threads(cpus),
+                         "--source_dir", ",".join(data_dirs), "--student_dir", str(root / name / "train_eps"), "--out", str(root / ood)], [name])
     report = add("report", "results.py", [str(root / "students"), "--out", str(root / "report"),
                                           *as_args(spec.report_flags)], [s.name for s in students],
                  after_settled=True)
