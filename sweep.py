@@ -8,6 +8,7 @@ Running the same command again starts only what is not finished. The spec format
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 
@@ -25,7 +26,7 @@ def run(argv=None) -> None:
     parser.add_argument("--dry_run", action="store_true", help="print the job commands and exit")
     args = parser.parse_args(argv)
 
-    from sweeps import jobs as job_graph, runner, spec as spec_module
+    from sweeps import jobs as job_graph, local_ray, runner, spec as spec_module
     from sweeps.progress import Progress
 
     spec = spec_module.load(args.spec, runner.REPO)
@@ -35,11 +36,15 @@ def run(argv=None) -> None:
             print(f"{job.name}: {shlex.join(job.command)}")
         return
     progress = Progress(len(jobs))
+    if args.address is None:
+        local_ray.clean_up(spec.root)  # what a driver killed with kill -9 left running
     if all(job.done_marker.exists() for job in jobs):
         outcomes = {job.name: runner.Outcome("done", skipped=True) for job in jobs}  # nothing to run: no Ray
     else:
-        runner.init_ray(args.address, args.num_cpus, args.num_gpus)
-        outcomes = runner.run(jobs, progress, retries=args.retries)
+        # A local Ray lives exactly as long as this driver; a cluster's Ray outlives it.
+        with local_ray.session(spec.root) if args.address is None else contextlib.nullcontext():
+            runner.init_ray(args.address, args.num_cpus, args.num_gpus)
+            outcomes = runner.run(jobs, progress, retries=args.retries)
     print(runner.summary(outcomes, jobs), flush=True)
     report = spec.root / "report" / "results.md"
     if report.exists():

@@ -8,11 +8,12 @@ import dataclasses
 import os
 import pathlib
 
-from sweeps import task
+from sweeps import local_ray, task
 from sweeps.jobs import Job
 from sweeps.progress import Progress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+START_ATTEMPTS = 3  # ray.init of a local Ray on a heavily loaded machine can miss Ray's startup deadline
 
 
 @dataclasses.dataclass
@@ -34,7 +35,19 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) ->
         # Ray starts its workers at niceness 15: on a machine shared with other work the sweep's stage
         # scripts then get only the CPU nobody else wants. Jobs run at the driver's priority instead.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env,
+                         log_to_driver=False)
+                return
+            except Exception as err:  # Ray raises a bare Exception when its node misses a fixed 30 s deadline
+                if "timed out during startup" not in str(err) or attempt == START_ATTEMPTS:
+                    raise
+                ray.shutdown()
+                if os.environ.get(local_ray.MARK):  # what the failed start left running: nothing of a job yet
+                    local_ray.stop(local_ray.marked(os.environ[local_ray.MARK]))
+                print(f"[sweep] the local Ray did not start within Ray's 30 s (a busy machine?); attempt "
+                      f"{attempt + 1} of {START_ATTEMPTS}", flush=True)
 
 
 def _ready(job: Job, outcomes: dict[str, Outcome]) -> bool | None:

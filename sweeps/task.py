@@ -73,7 +73,9 @@ def run_job(command: list[str], cwd: str, log: str, done: str, threads: int, ret
 
     Returns exit code, attempts, seconds and the log's last lines. Exit 0 writes the done marker.
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # COMET_SWEEP_JOB tells a job's processes from Ray's own (sweeps.local_ray stops Ray's first).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "COMET_SWEEP_JOB": "1"}
     os.makedirs(os.path.dirname(log), exist_ok=True)
     start, code, attempt = time.time(), None, 0
     for attempt in range(1, retries + 2):

@@ -67,7 +67,7 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def end_session(process: subprocess.Popen) -> None:
-    """Ray's agents of a driver killed with SIGKILL outlive it in its session; stop what is left."""
+    """Safety net after a failed assertion: whatever still runs in the session of a driver this test started."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -114,30 +114,68 @@ def test_sweep_finishes_survives_a_killed_job_and_is_idempotent(tmp_path):
     assert "7/7 jobs done (7 from before, 0 now)" in out and "[sweep] started" not in out, out
 
 
-def test_killed_driver_continues_and_a_bad_flag_is_reported(tmp_path):
+def session_of(root: pathlib.Path, other_than: str = "") -> str:
+    """The session of the local Ray the sweep at `root` runs now (sweeps.local_ray's record)."""
+    def read():
+        try:
+            session = json.loads((root / ".ray_local.json").read_text())["session"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return session if session != other_than else None
+    return wait_for(read, 120, "the sweep's local Ray")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_or_interrupted_driver_leaves_no_ray_and_continues_and_a_bad_flag_is_reported(tmp_path):
+    from sweeps.local_ray import marked
+
     root = tmp_path / "sweep"
     spec = write_spec(tmp_path / "spec.yaml", root, {
         "dreamer": {"flags": {"use_distill": False}},
         "broken": {"flags": {"use_distill": False, "no_such_flag": 1}}}, teachers=False)
     running = root / "students/drawer_close/dreamer/seed0"
-    process = sweep(spec)
+    runs = [sweep(spec)]
     try:
         # Killed as soon as the student has started (its config is written before the envs start): waiting for
         # its first metrics lets a tiny run finish on an idle machine before the kill lands.
         pids = wait_for(lambda: (running / "config.yaml").exists() and stage_pids(running), 120, "a running student")
         # Ray's default worker niceness (15) would starve the jobs on a shared machine.
         assert os.getpriority(os.PRIO_PROCESS, pids[0]) == os.getpriority(os.PRIO_PROCESS, 0), "stage job reniced"
-        process.kill()
-        process.wait()
-        # The stage process dies with its Ray worker instead of running on as an orphan.
-        wait_for(lambda: not any(pathlib.Path(f"/proc/{pid}").exists() for pid in pids), 30, "the stage to exit")
-    finally:
-        end_session(process)
-    assert not (running.parent / "seed0.done").exists()
+        first = session_of(root)
+        runs[0].kill()
+        runs[0].wait()
+        # The stage processes die with their Ray workers instead of running on as orphans; some of Ray's own
+        # processes (its agents) outlive the driver.
+        wait_for(lambda: not any(marked(first).values()), 60, "the jobs' processes to exit")
+        leftovers = marked(first)
+        assert not (running.parent / "seed0.done").exists()
 
-    again = sweep(spec)
-    out, _ = again.communicate(timeout=300)
-    assert again.returncode == 1, out  # the broken runs failed
+        # The same command again stops them, then is interrupted with Ctrl-C once a student runs again.
+        runs.append(sweep(spec))
+        second = session_of(root, other_than=first)
+        assert not any(alive(pid) for pid in leftovers), leftovers
+        wait_for(lambda: stage_pids(running), 120, "the resumed student")
+        runs[1].send_signal(signal.SIGINT)
+        out, _ = runs[1].communicate(timeout=200)
+        assert runs[1].returncode == 130, out
+        if leftovers:
+            assert f"stopping {len(leftovers)} process(es) left by the previous run's local Ray" in out, out
+        assert marked(second) == {} and not (root / ".ray_local.json").exists()  # its local Ray is gone
+
+        runs.append(sweep(spec))
+        third = session_of(root, other_than=second)
+        out, _ = runs[2].communicate(timeout=300)
+    finally:
+        for process in runs:
+            end_session(process)
+    assert runs[2].returncode == 1, out  # the broken runs failed
+    assert marked(third) == {}  # a normal exit leaves no Ray process either
     assert "FAILED students/drawer_close/broken/seed0" in out and "no_such_flag" in out, out
     for seed in (0, 1):
         run = root / f"students/drawer_close/dreamer/seed{seed}"
@@ -145,6 +183,36 @@ def test_killed_driver_continues_and_a_bad_flag_is_reported(tmp_path):
         assert steps == sorted(set(steps)) and steps[-1] == STUDENT["steps"], (run, steps)
     report = (root / "report/results.md").read_text()
     assert "| drawer_close | dreamer | 2 |" in report and "broken" not in report.split("## Left out")[0], report
+
+
+def test_a_rerun_stops_only_the_marked_leftovers_and_refuses_a_live_driver(tmp_path):
+    """sweeps.local_ray without Ray: real processes stand in for a dead driver's leftovers and for bystanders."""
+    from cli import UsageError
+    from sweeps import local_ray
+
+    def spawn(mark: str | None) -> subprocess.Popen:
+        env = {**os.environ, **({local_ray.MARK: mark} if mark else {})}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = local_ray._started(dead.pid)
+    dead.wait()
+    leftover, bystander, other_session = spawn("old"), spawn(None), spawn("another")
+    try:
+        (tmp_path / local_ray.RECORD).write_text(json.dumps({"session": "old", "driver": dead.pid,
+                                                             "driver_started": started}))
+        wait_for(lambda: leftover.pid in local_ray.marked("old"), 10, "the marked process")
+        assert local_ray.clean_up(tmp_path) == {leftover.pid: False}
+        assert leftover.wait(15) == -signal.SIGTERM and not (tmp_path / local_ray.RECORD).exists()
+        assert bystander.poll() is None and other_session.poll() is None
+        (tmp_path / local_ray.RECORD).write_text(json.dumps({"session": "live", "driver": os.getpid(),
+                                                             "driver_started": local_ray._started(os.getpid())}))
+        with pytest.raises(UsageError, match="already running"):
+            local_ray.clean_up(tmp_path)
+    finally:
+        for process in (leftover, bystander, other_session):
+            process.kill()
+            process.wait()
 
 
 def test_bad_spec_is_one_line(tmp_path, capsys):
