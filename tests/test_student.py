@@ -75,9 +75,10 @@ def test_same_seed_gives_identical_losses(tmp_path):
         assert run(tmp_path / name, "--steps", "120", "--seed", "3") == 0
     a, b = train_records(tmp_path / "a"), train_records(tmp_path / "b")
     assert a and len(a) == len(b)
+    assert any("train/return" in r for r in a)  # logs that cover only prefill episodes have no return
     for ra, rb in zip(a, b):
         for key in ("train/model_loss", "train/actor_loss", "train/critic_loss", "train/return"):
-            assert ra[key] == rb[key], (key, ra[key], rb[key])
+            assert ra.get(key) == rb.get(key), (key, ra.get(key), rb.get(key))
     assert run(tmp_path / "c", "--steps", "120", "--seed", "4") == 0
     assert train_records(tmp_path / "c")[0]["train/model_loss"] != a[0]["train/model_loss"]
 
