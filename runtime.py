@@ -33,3 +33,23 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+_NATIVE_BF16: dict = {}
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` has native bf16 arithmetic: a CPU whose oneDNN build runs bf16 natively (AVX-512 BF16
+    or AMX), a CUDA GPU that supports it. Elsewhere bf16 is emulated and slower than float32."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind not in _NATIVE_BF16:
+        if kind == "cpu":
+            native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        elif kind == "cuda":
+            native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else:
+            native = False
+        _NATIVE_BF16[kind] = bool(native)
+    return _NATIVE_BF16[kind]

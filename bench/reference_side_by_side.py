@@ -148,7 +148,8 @@ def worker(args) -> None:
     if args.impl == "ref":
         step, _ = reference_teacher_update(args.ref, "cpu", args.batch, args.length)
     else:
-        step, _ = teacher_update("cpu", args.batch, args.length, expert_path=args.expert_path)
+        step, _ = teacher_update("cpu", args.batch, args.length, expert_path=args.expert_path,
+                                 precision=args.precision)
     times = time_calls(step, "cpu", args.warmup, args.reps)
     print(json.dumps({"sec": times, "cpu_sec": list(CPU_SECONDS), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
 
@@ -159,6 +160,8 @@ def run_worker(impl: str, case: str, args) -> dict:
            "--threads", str(threads), "--warmup", str(args.warmup), "--reps", str(args.reps)]
     if impl == "ref":
         cmd += ["--ref", args.ref]
+    elif impl == "ours:bf16":
+        cmd += ["--precision", "16"]
     elif impl.startswith("ours:"):
         cmd += ["--expert_path", impl.split(":", 1)[1]]
     env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": str(threads)}
@@ -172,7 +175,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", default="", help="checkout of the reference implementation (optional)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {sorted(CASES)}")
-    parser.add_argument("--variants", default="ours", help="comma list: ours (our choice), ours:grouped, ours:separate")
+    parser.add_argument("--variants", default="ours", help="comma list: ours (our choice, float32), ours:grouped, "
+                        "ours:separate, ours:bf16 (--precision 16: bf16 autocast on a CPU with native bf16)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (processes per variant and case)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
@@ -182,6 +186,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, default=50, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         args.impl = args.worker
@@ -208,11 +213,13 @@ def main(argv=None) -> dict:
         for impl in impls:
             runs = raw[case][impl]
             row[impl] = {"sec": round(statistics.median([statistics.median(r["sec"]) for r in runs]), 3),
+                         "cpu_sec": round(statistics.median([statistics.median(r["cpu_sec"]) for r in runs]), 3),
                          "peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs), 2),
                          "sec_per_round": [round(statistics.median(r["sec"]), 3) for r in runs]}
         if args.ref:
             for impl in impls[1:]:
                 row[f"speedup_{impl}"] = round(row["ref"]["sec"] / row[impl]["sec"], 2)
+                row[f"cpu_speedup_{impl}"] = round(row["ref"]["cpu_sec"] / row[impl]["cpu_sec"], 2)
         result["cases"][case] = row
     result["load_avg_end"] = machine()["load_avg"]
     return emit(result, args.out)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import configs
+import runtime
 from cli import UsageError
 from contract import OBS_KEYS
 
@@ -79,7 +80,6 @@ class TeacherMethod(Method):
         self.teacher_precision = str(c.get("teacher_precision", "auto"))
         if self.teacher_precision not in ("auto", "16", "32"):
             raise MethodError(f"teacher_precision must be auto, 16 or 32, got '{self.teacher_precision}'")
-        self._bf16: dict[str, bool] = {}  # per device type, decided on first use
         self.distill_batch = int(c.get("distill_batch", 0))
         assert self.distill_batch >= 0, f"distill_batch must be >= 0, got {self.distill_batch}"
         self.prune_every = int(c["prune_every"]) if self.prunes else 0
@@ -182,15 +182,7 @@ class TeacherMethod(Method):
         a CUDA GPU that supports it); elsewhere bf16 is emulated and would be slower than float32."""
         if self.teacher_precision != "auto":
             return self.teacher_precision == "16"
-        if device.type not in self._bf16:
-            if device.type == "cpu":
-                native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-            elif device.type == "cuda":
-                native = bool(torch.cuda.is_bf16_supported())
-            else:
-                native = False
-            self._bf16[device.type] = native
-        return self._bf16[device.type]
+        return runtime.native_bf16(device)
 
     @torch.no_grad()
     def reward_relevance(self, data: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

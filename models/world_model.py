@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import runtime
 from contract import OBS_KEYS, STATE_DIM
 
 from .moe import LabelCNNEncoder, OrthogonalMoEEncoder, mean_abs_cosine
@@ -90,9 +91,11 @@ class _Base(nn.Module):
         return out
 
     def autocast(self):
-        """bf16 autocast on CUDA with precision 16; a no-op otherwise (CPU runs stay float32)."""
-        if self.precision == 16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast with precision 16 on a device with native bf16 (CUDA; a CPU with AVX-512 BF16 or
+        AMX); a no-op otherwise, where bf16 would be emulated (float32 then)."""
+        device = self.device
+        if self.precision == 16 and runtime.native_bf16(device):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # --- heads ----------------------------------------------------------------------------------

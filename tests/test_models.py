@@ -11,6 +11,7 @@ import torch
 
 import checkpoint
 import configs
+import runtime
 from models import (RSSM, BatchedConvExperts, BatchedMLPExperts, ConvDecoder, ConvEncoder, LabelCNNEncoder,
                     MLPDecoder, MLPEncoder, OrthogonalMoEEncoder, TeacherWorldModel, WorldModel, gram_schmidt,
                     gram_schmidt_vectors,                     load_teacher, mean_abs_cosine, teacher_payload)
@@ -337,6 +338,30 @@ def test_teacher_save_load_roundtrip_and_mismatch(tmp_path):
     checkpoint.save(tmp_path / "student.pt", {"kind": "student", "model": {}, "step": 0})
     with pytest.raises(checkpoint.CheckpointError, match="not a teacher"):
         load_teacher(tmp_path / "student.pt")
+
+
+@pytest.mark.skipif(not runtime.native_bf16("cpu"), reason="this CPU has no native bf16 (precision 16 is float32 here)")
+def test_precision_16_on_a_native_bf16_cpu_is_bf16_and_close_to_float32():
+    """`--precision 16` on a CPU with native bf16 runs the teacher's convolutions in bf16 (what makes its
+    pretraining faster, docs/benchmarks.md) while the loss and gradients stay close to float32's."""
+    torch.manual_seed(0)
+    config = tiny_config("pixel", k=2, n=2, cnn_depth=8)
+    runs = {}
+    for precision in (32, 16):
+        torch.manual_seed(0)
+        teacher = TeacherWorldModel({**config, "precision": precision}, A)
+        seen = []
+        hook = teacher.encoder.conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        loss, _, _ = teacher.loss(batch(2, 4, "pixel", 2))
+        loss.backward()
+        hook.remove()
+        grad = torch.cat([p.grad.flatten() for p in teacher.parameters() if p.grad is not None])
+        runs[precision] = (loss.detach(), grad, seen[0])
+    assert runs[32][2] == torch.float32 and runs[16][2] == torch.bfloat16, (runs[32][2], runs[16][2])
+    assert runs[16][0].dtype == torch.float32
+    torch.testing.assert_close(runs[16][0], runs[32][0], rtol=2e-2, atol=0)
+    cos = torch.nn.functional.cosine_similarity(runs[16][1], runs[32][1], dim=0)
+    assert cos > 0.99, cos
 
 
 @pytest.mark.parametrize("mode", ["moe", "label_cnn"])
