@@ -1,5 +1,5 @@
 """Evaluate a student checkpoint or a policy variant: seeded episodes through the training loop's own
-evaluation (`training.evaluation.evaluate`), per-episode CSV, JSON summary with its protocol, a GIF, TensorBoard.
+evaluation (`training.evaluation.evaluate`), per-episode CSV, JSON summary with its protocol, videos of the first episodes (MP4), TensorBoard.
 
 The student itself acts through `Agent.policy` (mode action, sampled latent: exactly the training loop's
 evaluation); a quantize.py variant acts through its `ActingPolicy` (mode action, posterior mean).
@@ -29,8 +29,8 @@ def actor_for(payload: dict, device: str = "cpu"):
     return student.build_agent(payload, device), "student Agent.policy: mode action, sampled posterior"
 
 
-def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: bool = True):
-    """(episodes, frames of the first episode (T, H, W, 3) or None, protocol dict)."""
+def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: int = 0):
+    """(episodes, frames of the first `film` episodes: one uint8 (T + 1, H, W, 3) array each, protocol dict)."""
     import envs
     import runtime
     from training.evaluation import evaluate
@@ -45,15 +45,15 @@ def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n
     runtime.set_seed(seed)
     vec = envs.VecEnv(config, task, envs_n, seed=seed)
     try:
-        frames = [] if film else None
-        eps = evaluate(actor, vec, episodes, OBS_KEYS[config["obs"]], frames=frames)
+        videos = []
+        eps = evaluate(actor, vec, episodes, OBS_KEYS[config["obs"]], videos=videos, film=film)
     finally:
         vec.close()
     protocol = {"task": task, "trained_task": config["task"], "episodes": episodes, "seed": seed,
                 "env_seeds": f"{seed} + env index, {envs_n} env(s), episodes in turn", "policy": how,
                 "obs": config["obs"], "action_repeat": config["action_repeat"], "time_limit": config["time_limit"],
                 "success_rules": SUCCESS_RULES, "checkpoint_step": int(payload.get("step", 0))}
-    return eps, (np.stack(frames) if frames else None), protocol
+    return eps, videos, protocol
 
 
 def summarize(eps: list[dict]) -> dict:
@@ -69,8 +69,9 @@ def summarize(eps: list[dict]) -> dict:
     return {"per_episode": rows, "summary": out}
 
 
-def write(out_dir, checkpoint_path, eps, frames, protocol, logdir=None) -> dict:
-    """episodes.csv, summary.json, episode0.gif under out_dir; the same numbers in TensorBoard under logdir."""
+def write(out_dir, checkpoint_path, eps, videos, protocol, logdir=None) -> dict:
+    """episodes.csv, summary.json, episode<k>.mp4 per video under out_dir; the same numbers and videos in
+    TensorBoard under logdir."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = summarize(eps)
@@ -81,23 +82,44 @@ def write(out_dir, checkpoint_path, eps, frames, protocol, logdir=None) -> dict:
             writer.writerow({"episode": i, **row})
     summary = {"checkpoint": str(checkpoint_path), "protocol": protocol, **result["summary"]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    if frames is not None:
-        write_gif(out_dir / "episode0.gif", frames)
+    for k, frames in enumerate(videos):
+        write_video(out_dir / f"episode{k}", frames)
     if logdir:
         import logger as logger_lib
 
         lg = logger_lib.Logger(logdir)
         for k in STATS:
             lg.scalar(f"eval/{k}", summary[k]["mean"])
-        if frames is not None:
-            lg.video("eval/policy", frames)
+        for k, frames in enumerate(videos):
+            lg.video(f"eval/policy/episode{k}", frames)
         lg.write(protocol["checkpoint_step"])
         lg.close()
     return summary
 
 
-def write_gif(path, frames: np.ndarray, fps: int = 16) -> None:
-    from PIL import Image
+def write_video(stem: pathlib.Path, frames: np.ndarray, fps: int = 16) -> pathlib.Path:
+    """`stem`.mp4 (H.264 through the ffmpeg binary that imageio-ffmpeg ships) of uint8 (T, H, W, 3) frames, or
+    `stem`.gif where imageio-ffmpeg is not installed; returns the path written."""
+    import fileio
 
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        from logger import gif_bytes
+
+        return fileio.atomic_write(stem.with_suffix(".gif"), lambda f: f.write(gif_bytes(frames, fps)))
+    path = stem.with_suffix(".mp4")
+    tmp = path.with_name(f".{path.name}.tmp.mp4")  # ffmpeg picks the container from the suffix
+    T, H, W, _ = frames.shape
+    writer = imageio_ffmpeg.write_frames(str(tmp), (W, H), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=2, quality=8, ffmpeg_log_level="error")
+    try:
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        tmp.replace(path)
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+    return path

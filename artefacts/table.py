@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import pathlib
+import sys
+import time
 
 import numpy as np
 
@@ -29,13 +31,14 @@ def run(checkpoint_path, out_dir, names, episodes: int, seed: int, compile_: boo
     rows, ref = [], None
     recorded = None
     for name in names:
+        start = time.perf_counter()
         module = variants.make(agent, name)
         path = variants.save(out_dir / f"{name}.pt", module, name, payload)
         if episodes > 0:
-            eps, _, _ = evaluation.run(student.read(path), episodes, seed, film=False)  # the file, as evaluate.py loads it
+            eps, _, _ = evaluation.run(student.read(path), episodes, seed)  # the file, as evaluate.py loads it
             success = np.array([float(ep["success"].max()) for ep in eps])
         if recorded is None:  # observations recorded along the first variant's (fp32's) episodes
-            recorded = measure.recorded_inputs(eps if episodes > 0 else evaluation.run(payload, 1, seed, film=False)[0],
+            recorded = measure.recorded_inputs(eps if episodes > 0 else evaluation.run(payload, 1, seed)[0],
                                                base.obs_keys)
             ref_actions = measure.replay_actions(base, base, recorded)
         row = {"variant": name, "file_bytes": path.stat().st_size, "param_bytes": variants.parameter_bytes(module),
@@ -48,6 +51,7 @@ def run(checkpoint_path, out_dir, names, episodes: int, seed: int, compile_: boo
             row["success"], row["success_se"] = float(success.mean()), float(success.std(ddof=1) / math.sqrt(len(success)))
             row["success_diff"], row["success_diff_se"] = _paired(success, ref)
         rows.append(row)
+        print(f"{name}: measured in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return rows
 
 

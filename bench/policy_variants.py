@@ -5,7 +5,8 @@
 
 Builds an untrained student from the config blocks (size and speed do not depend on the weights), writes it
 as a checkpoint in a temporary folder and runs quantize.py's pipeline on it without evaluation episodes
-(observations for the timings come from one episode of the real env). All variants are timed in one run.
+(observations for the timings come from one episode of the real env). All variants are timed in one run; the
+load average is recorded at its start and its end.
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     config = configs.load_config(["--configs", *args.configs]).to_dict()
     agent = student.build_agent({"config": config})
+    before = machine()  # load average at the start; the one at the end goes in "machine"
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "latest.pt"
         checkpoint.save(path, {"config": config, "step": 0, "agent": agent.state_dict()})
         rows = table.run(path, pathlib.Path(tmp) / "q", list(variants.VARIANTS), 0, 0, not args.no_compile, args.calls)
     result = {"configs": args.configs, "obs": config["obs"], "size": config["size"], "cnn_depth": config["cnn_depth"],
-              "machine": machine(), "rows": rows, "table": table.markdown(rows)}
+              "machine_at_start": before, "machine": machine(), "calls": args.calls, "rows": rows, "table": table.markdown(rows)}
     return emit(result, args.out)
 
 

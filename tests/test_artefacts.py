@@ -32,31 +32,46 @@ def trained(tmp_path_factory):
     path = logdir / "latest.pt"
     payload = student.read(path)
     agent = student.build_agent(payload)
-    eps, _, _ = evaluation.run(payload, 1, seed=3, film=False)
+    eps, _, _ = evaluation.run(payload, 1, seed=3)
     return path, payload, agent, measure.recorded_inputs(eps, agent.wm.obs_keys)
 
 
-def test_evaluate_same_seed_gives_identical_json_csv_video_and_tensorboard(trained, tmp_path, capsys):
+def test_evaluate_same_seed_gives_identical_json_csv_videos_and_tensorboard(trained, tmp_path, capsys):
+    import imageio_ffmpeg
+
     path = trained[0]
     outs = [tmp_path / "a", tmp_path / "b"]
-    assert evaluate.main(["--checkpoint", str(path), "--episodes", "2", "--seed", "5", "--out", str(outs[0]),
-                          "--logdir", str(tmp_path / "tb")]) == 0
-    assert evaluate.main(["--checkpoint", str(path), "--episodes", "2", "--seed", "5", "--out", str(outs[1]),
-                          "--no_video"]) == 0
+    common = ["--checkpoint", str(path), "--episodes", "3", "--seed", "5", "--envs", "2"]
+    assert evaluate.main([*common, "--out", str(outs[0]), "--logdir", str(tmp_path / "tb"), "--video_episodes", "3"]) == 0
+    assert evaluate.main([*common, "--out", str(outs[1]), "--video_episodes", "0"]) == 0
     a, b = ((o / "summary.json").read_text() for o in outs)
     assert a == b
     summary = json.loads(a)
-    assert summary["protocol"]["episodes"] == 2 and summary["protocol"]["seed"] == 5
+    assert summary["protocol"]["episodes"] == 3 and summary["protocol"]["seed"] == 5
     assert set(summary["protocol"]["success_rules"]) == {"success_any", "success_final"}
     rows = (outs[0] / "episodes.csv").read_text().splitlines()
-    assert rows[0] == "episode,return,length,success_any,success_final" and len(rows) == 3
-    from PIL import Image
-
-    gif = Image.open(outs[0] / "episode0.gif")  # a state agent: the frames are rendered, not observed
-    assert gif.n_frames == summary["length"]["mean"] + 1 and np.asarray(gif.convert("RGB")).std() > 5
+    assert rows[0] == "episode,return,length,success_any,success_final" and len(rows) == 4
+    # Three films over two rounds of two envs (both envs of the first round, env 0 of the second), one MP4 per
+    # episode with its reset frame and one frame per step; a state agent: the frames are rendered, not observed.
+    lengths = [int(float(r.split(",")[2])) for r in rows[1:]]
+    assert sorted(p.name for p in outs[0].iterdir() if p.suffix == ".mp4") == [f"episode{k}.mp4" for k in range(3)]
+    for k, length in enumerate(lengths):
+        file = outs[0] / f"episode{k}.mp4"
+        assert imageio_ffmpeg.count_frames_and_secs(str(file))[0] == length + 1, (file, length)
+        first = next(imageio_ffmpeg.read_frames(str(file)))  # the metadata dict, then raw RGB frames
+        size = first["size"]
+        reader = imageio_ffmpeg.read_frames(str(file))
+        next(reader)
+        frame = np.frombuffer(next(reader), np.uint8).reshape(size[1], size[0], 3)
+        assert frame.std() > 5, file  # a real picture, not a blank
+    assert not [p for p in outs[1].iterdir() if p.suffix in (".mp4", ".gif")]
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     lines = [json.loads(x) for x in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["eval/return"] == pytest.approx(summary["return"]["mean"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["images"]
+    assert sorted(tags) == [f"eval/policy/episode{k}" for k in range(3)], tags
 
 
 def test_a_foreign_file_or_a_teacher_checkpoint_is_one_clear_line(trained, tmp_path, capsys):

@@ -268,8 +268,8 @@ class Trainer:
 
         c = self.config
         video = c.video_every == 0 or due(self.step, self.last_video, c.video_every)
-        frames = [] if video else None
-        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys, frames=frames)
+        videos = [] if video else None
+        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys, videos=videos)
         for ep in episodes:
             save_episode(self.eval_dir, ep)
         self.eval_episodes += len(episodes)
@@ -278,7 +278,7 @@ class Trainer:
             self.logger.scalar(f"eval/{k}", np.mean([s[k] for s in stats]))
         self.logger.scalar("eval/episodes", len(stats))
         if video:
-            self.logger.video("eval/policy", np.stack(frames))  # state runs too: their frames are rendered
+            self.logger.video("eval/policy", videos[0])  # state runs too: their frames are rendered
             self.last_video = self.step
         if c.video_every == 0:
             self.log_open_loop()
