@@ -5,7 +5,7 @@
 
 Writes <out>/<variant>.pt for each variant (each accepted by evaluate.py --checkpoint), <out>/table.json and
 <out>/table.md: size on disk, parameter bytes, latency per action at batch 1 (median, p90), throughput at
-batch 64, eager and (fp32/int8) torch.compile'd, largest action difference to fp32 on recorded observations,
+batch 64, eager and (fp32/int8) torch.compile'd (all variants timed in alternating blocks), largest action difference to fp32 on recorded observations,
 eval success over --episodes seeded episodes with its difference to fp32 and standard error. Which layers stay
 float, and why: artefacts/variants.py.
 """
@@ -25,7 +25,8 @@ def run(argv=None) -> None:
     parser.add_argument("--variants", default="fp32,bf16,fp16,int8_wo,int8_dyn")
     parser.add_argument("--episodes", type=int, default=20, help="eval episodes per variant (0: skip evaluation)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calls", type=int, default=200, help="timed calls per latency figure")
+    parser.add_argument("--calls", type=int, default=200,
+                        help="timed calls per batch-1 latency (a quarter of that at batch 64), interleaved across variants")
     parser.add_argument("--no_compile", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

@@ -43,26 +43,29 @@ def batch_inputs(base, recorded: list[dict], n: int) -> tuple:
 
 
 @torch.inference_mode()
-def latency(module, inputs: tuple, calls: int = 200, warmup: int = 20) -> dict:
-    """Wall time per call in ms: median and p90 over `calls` calls after `warmup`."""
-    for _ in range(warmup):
-        module(*inputs)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        module(*inputs)
-        times.append(time.perf_counter() - start)
-    times = np.array(times) * 1e3
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
-
-
-def throughput(module, inputs: tuple, calls: int = 50) -> float:
-    """Actions per second at the batch size of `inputs` (median call time)."""
-    n = len(inputs[1])
-    return n / (latency(module, inputs, calls, warmup=5)["median_ms"] / 1e3)
+def interleaved_times(modules: dict, inputs: tuple, calls: int, rounds: int = 10, warmup: int = 5) -> dict:
+    """Wall time per call in ms, {name: (calls,) array}, of every module on the same inputs. The calls are timed
+    in `rounds` blocks that alternate between the modules (in a rotating order), so a change of the machine's
+    load during the run falls on every module alike and the ratios between them hold."""
+    for module in modules.values():
+        for _ in range(warmup):  # the first calls of a compiled module compile it
+            module(*inputs)
+    names, per_round = list(modules), max(1, calls // rounds)
+    times: dict = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            module = modules[name]
+            for _ in range(per_round):
+                start = time.perf_counter()
+                module(*inputs)
+                times[name].append(time.perf_counter() - start)
+    return {name: np.array(t) * 1e3 for name, t in times.items()}
 
 
 def compiled(module):
-    """torch.compile of the module (inductor); the first calls compile, so time it after a warm-up."""
-    torch._dynamo.reset()  # variants share ActingPolicy.forward: without a reset they exhaust its recompile limit
+    """torch.compile of the module (inductor); the first calls compile, so time it after a warm-up. Every variant
+    gets its own compiled code (for batch 1 and 64): an error, not a silent fall-back to eager, if that is more
+    than dynamo's recompile limit allows."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     return torch.compile(module, dynamic=False)

@@ -21,15 +21,15 @@ def _paired(values: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def run(checkpoint_path, out_dir, names, episodes: int, seed: int, compile_: bool, calls: int = 200) -> list[dict]:
-    """One row per variant (dicts of builtins); variant files go to out_dir/<name>.pt."""
+    """One row per variant (dicts of builtins); variant files go to out_dir/<name>.pt. Sizes, action errors and
+    success first, variant by variant; then the timings of all variants, interleaved (`measure.interleaved_times`)."""
     payload = student.read(checkpoint_path)
     if payload.get("kind") == student.VARIANT_KIND:
         raise student.ArtefactError(f"--checkpoint {checkpoint_path}: already a variant; pass the student's latest.pt")
     agent = student.build_agent(payload)
     out_dir = pathlib.Path(out_dir)
     base = variants.make(agent, "fp32")
-    rows, ref = [], None
-    recorded = None
+    rows, ref, recorded, timed = [], None, None, {}
     for name in names:
         start = time.perf_counter()
         module = variants.make(agent, name)
@@ -43,23 +43,33 @@ def run(checkpoint_path, out_dir, names, episodes: int, seed: int, compile_: boo
             ref_actions = measure.replay_actions(base, base, recorded)
         row = {"variant": name, "file_bytes": path.stat().st_size, "param_bytes": variants.parameter_bytes(module),
                "max_action_err": float(np.abs(measure.replay_actions(module, base, recorded) - ref_actions).max())}
-        row.update(timings(module, base, recorded, calls, "eager"))
+        timed[name, "eager"] = module
         if compile_ and name in COMPILED:
-            row.update(timings(measure.compiled(module), base, recorded, calls, "compiled"))
+            timed[name, "compiled"] = measure.compiled(module)
         if episodes > 0:
             ref = success if ref is None else ref
             row["success"], row["success_se"] = float(success.mean()), float(success.std(ddof=1) / math.sqrt(len(success)))
             row["success_diff"], row["success_diff_se"] = _paired(success, ref)
         rows.append(row)
-        print(f"{name}: measured in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        print(f"{name}: built and evaluated in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    add_timings(rows, timed, base, recorded, calls)
     return rows
 
 
-def timings(module, base, recorded, calls: int, tag: str) -> dict:
-    one, many = measure.batch_inputs(base, recorded, 1), measure.batch_inputs(base, recorded, 64)
-    lat = measure.latency(module, one, calls)
-    return {f"{tag}_b1_median_ms": lat["median_ms"], f"{tag}_b1_p90_ms": lat["p90_ms"],
-            f"{tag}_b64_actions_per_s": measure.throughput(module, many)}
+def add_timings(rows: list[dict], timed: dict, base, recorded, calls: int) -> None:
+    """Latency at batch 1 (median, p90 of `calls` calls) and throughput at batch 64 (median of calls // 4) of every
+    (variant, eager|compiled) module in `timed`, into the variants' rows."""
+    start = time.perf_counter()
+    one = measure.interleaved_times(timed, measure.batch_inputs(base, recorded, 1), calls)
+    many = measure.interleaved_times(timed, measure.batch_inputs(base, recorded, 64), max(10, calls // 4))
+    for row in rows:
+        for tag in ("eager", "compiled"):
+            key = (row["variant"], tag)
+            if key in timed:
+                row[f"{tag}_b1_median_ms"] = float(np.median(one[key]))
+                row[f"{tag}_b1_p90_ms"] = float(np.percentile(one[key], 90))
+                row[f"{tag}_b64_actions_per_s"] = float(64 / (np.median(many[key]) / 1e3))
+    print(f"timings of {len(timed)} modules, interleaved: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def markdown(rows: list[dict]) -> str:
