@@ -1,7 +1,12 @@
-"""Process set-up shared by the stage scripts: seeding, device and thread count."""
+"""Process set-up shared by the stage scripts and their worker processes: seeding, device, thread count, and
+workers that die with their parent."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import random
+import signal
 
 import numpy as np
 
@@ -53,3 +58,15 @@ def native_bf16(device) -> bool:
             native = False
         _NATIVE_BF16[kind] = bool(native)
     return _NATIVE_BF16[kind]
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker process when `parent` dies, even by SIGKILL, wherever the worker is (busy,
+    blocked, stopped): a killed stage leaves no orphans. Call it first thing in the worker."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends when it next finds its parent gone
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)

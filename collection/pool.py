@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
-import ctypes
-import ctypes.util
 import multiprocessing as mp
 import os
 import pathlib
@@ -15,6 +13,7 @@ from cli import RunFailed
 import replay
 from contract import OBS_KEYS
 from fileio import remove_temp_files
+from runtime import die_with_parent
 
 from .experts import episode_seeds, expert_policy, run_episode
 from .manifest import (build_manifest, check_same_settings, episode_file, episode_record, existing_episodes,
@@ -23,21 +22,10 @@ from .manifest import (build_manifest, check_same_settings, episode_file, episod
 _worker_state: dict = {}
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when the collecting process dies, even by SIGKILL (no orphans)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the worker ends when it next finds its parent gone
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _init_worker(settings: dict, obs: str, noise: float, random_frac: float, seed: int,
                  parent: int | None = None) -> None:
     if parent is not None:
-        _die_with_parent(parent)
+        die_with_parent(parent)
     envs.select_gl_backend(settings["mujoco_gl"], probe=False)
     _worker_state.update(settings=settings, obs=obs, noise=noise, random_frac=random_frac, seed=seed, envs={})
 

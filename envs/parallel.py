@@ -7,6 +7,7 @@ stuck worker raises `EnvWorkerError` naming the task and worker instead of hangi
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 import traceback
@@ -23,8 +24,11 @@ def _stack(steps: list[dict]) -> dict:
     return {key: np.stack([np.asarray(s[key]) for s in steps]) for key in steps[0]}
 
 
-def _worker(conn, settings: dict, task: str, seed: int, index: int) -> None:
+def _worker(conn, settings: dict, task: str, seed: int, index: int, parent: int) -> None:
     """Worker loop: build one env, then answer (command, argument) messages until 'close'."""
+    from runtime import die_with_parent
+
+    die_with_parent(parent)  # even a worker stuck in a step, which never reads the closed pipe
     # Ctrl-C reaches the whole process group; the parent handles it and closes the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -98,8 +102,10 @@ class VecEnv:
         try:
             for i in range(self.n):
                 parent, child = context.Pipe()
-                proc = context.Process(target=_worker, args=(child, self.settings, self.task, self.seed, i),
-                                       name=f"env-{self.task}-{i}", daemon=True)
+                # The workers die with the thread that starts them (PR_SET_PDEATHSIG): create VecEnvs in a thread
+                # that lives as long as they are used (the main thread, in every stage).
+                proc = context.Process(target=_worker, name=f"env-{self.task}-{i}", daemon=True,
+                                       args=(child, self.settings, self.task, self.seed, i, os.getpid()))
                 proc.start()
                 child.close()
                 self._procs.append(proc)

@@ -223,6 +223,22 @@ def test_collect_killed_leaves_no_workers_and_resumes(tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.timeout_hint(60)
+def test_student_env_workers_die_with_the_student_even_a_stuck_one(tmp_path):
+    logdir, log = tmp_path / "student", tmp_path / "student.log"
+    proc = spawn("dreamer_distill.py", [*STUDENT, "--envs", "2", "--logdir", logdir], log)
+    wait_for(proc, lambda: count_rows(logdir, "train/updates") >= 1, log)
+    workers = [pid for pid in group_members(proc.pid) if pid != proc.pid and parent_of(pid) == proc.pid
+               and "spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(workers) >= 2, workers  # two training envs (the eval env is in-process)
+    os.kill(workers[0], signal.SIGSTOP)  # stuck: it will never read the pipe its dead parent closes
+    kill9(proc)  # asserts that every worker (the stopped one too) and the resource tracker are gone
+
+
+def parent_of(pid: int) -> int:
+    return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 # --- SIGTERM and the lock -----------------------------------------------------------------------------------
 
 @pytest.mark.timeout_hint(90)
