@@ -32,19 +32,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="collect_data", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-        epilog="Config keys it also reads (see configs.yaml): --configs, " + ", ".join(
-            f"--{key}" for key in stage_flags.stage_keys("collect_data.py", stage_flags.CONFIG_FILE)
-            if key not in ("seed", "obs")) + ".")
-    parser.add_argument("--tasks", default="", help="comma-separated metaworld_* names (default: config source_tasks)")
+    # --help is stage_flags' (grouped like every stage's), so argparse adds none of its own.
+    parser = _Parser(prog="collect_data", allow_abbrev=False, add_help=False)
+    parser.add_argument("--tasks", default="", help="comma-separated task names; empty: the config's source_tasks")
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task (existing ones are kept)")
-    parser.add_argument("--obs", choices=OBS_MODES, default="pixel")
+    parser.add_argument("--obs", choices=OBS_MODES, default="pixel", help=f"what the episodes store: {' | '.join(OBS_MODES)}")
     parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to expert actions")
     parser.add_argument("--random_frac", type=float, default=0.0, help="fraction of steps with uniform random actions")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel episode workers")
     parser.add_argument("--out", default="data", help="root folder; one sub-folder per task")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="episode i of a task depends only on (seed, task, i)")
     return parser
 
 
@@ -62,9 +59,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, configs.Config]:
     """Collection flags via argparse; every remaining flag goes to configs.load_config (env settings)."""
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    own = [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"]
-    config = configs.load_config(rest, description="collect_data.py config keys", extra_flags=own,
-                                 stage="collect_data.py")
+    actions = [a for a in parser._actions if a.option_strings]
+    config = configs.load_config(rest, description=__doc__.split("\n\n")[0], extra_flags=[a.option_strings[0] for a in actions],
+                                 stage="collect_data.py",
+                                 own_help=("collection", {a.dest: (a.help or "", a.default) for a in actions}))
     _check(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or list(config.source_tasks)
     if not tasks:

@@ -115,13 +115,14 @@ def _guess(text: str) -> Any:
 
 
 def load_config(argv: Sequence[str] | None = None, description: str = "", path: pathlib.Path = CONFIG_FILE,
-                extra_flags: Sequence[str] = (), stage: str | None = None) -> Config:
+                extra_flags: Sequence[str] = (), stage: str | None = None, own_help: tuple = ("", {})) -> Config:
     """Merge `--configs` blocks and apply typed `--key value` overrides.
 
     Unknown blocks and unknown keys are errors naming the closest valid one (among the config keys and
     `extra_flags`, the flags a script parses itself). With `stage` (a script name of `stage_flags.STAGES`),
     `--help` shows that stage's flags only, a flag of another stage draws one warning line, and intervals
-    scale with a shortened run (`stage_flags.scale_intervals`).
+    scale with a shortened run (`stage_flags.scale_intervals`); `own_help` lists the script's own flags there
+    (`stage_flags.help_text`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -145,7 +146,7 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
     if stage and ("-h" in rest or "--help" in rest):
         import stage_flags
 
-        stage_flags.print_help(stage, description, merged, path)
+        stage_flags.print_help(stage, description, merged, path, own=own_help)
         raise SystemExit(0)
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config blocks, merged left to right")

@@ -16,7 +16,7 @@ CONFIG_FILE = pathlib.Path(__file__).resolve().parent / "configs.yaml"
 
 # script -> (sections, single keys from other sections)
 STAGES = {
-    "collect_data.py": (("environment",), ("seed", "progress", "source_tasks")),
+    "collect_data.py": (("environment",), ("progress", "source_tasks")),
     "dreamer_pretrain.py": (("run", "environment", "replay", "world model", "teacher (pretraining)",
                              "behaviour teachers*"), ("threads",)),
     "dreamer_distill.py": (("run", "environment", "replay", "training loop (student)", "world model", "behavior",
@@ -25,6 +25,9 @@ STAGES = {
                                               "wandb_mode", "teacher_model_path", "source_tasks",
                                               "source_task_dirs")),
 }
+
+# script -> keys of its sections that it never reads (collect_data's own --tasks, --obs, --seed replace them)
+NOT_READ = {"collect_data.py": ("task", "obs", "envs", "eval_envs")}
 
 # script -> (the key that sets the run's length, the intervals that scale with it when only it is given)
 SCALED = {
@@ -78,7 +81,9 @@ def _owns(patterns: Sequence[str], section: str) -> bool:
 def stage_keys(stage: str, path: pathlib.Path) -> list[str]:
     """The config keys `stage` (a script name) reads, in file order."""
     sections, keys = STAGES[stage]
-    return [k for k, (section, _) in describe(path).items() if _owns(sections, section) or k in keys]
+    skip = NOT_READ.get(stage, ())
+    return [k for k, (section, _) in describe(path).items()
+            if (_owns(sections, section) or k in keys) and k not in skip]
 
 
 def owner(key: str, path: pathlib.Path) -> list[str]:
@@ -98,9 +103,11 @@ def foreign_flags(stage: str, argv: Sequence[str], path: pathlib.Path) -> list[s
     return warnings
 
 
-def help_text(stage: str, description: str, values: dict, path: pathlib.Path, extra: str = "") -> str:
+def help_text(stage: str, description: str, values: dict, path: pathlib.Path, extra: str = "",
+              own: tuple[str, dict] = ("", {})) -> str:
     """The stage's --help: usage, description, then its flags grouped by section with their descriptions
-    and the values in force (after --configs blocks)."""
+    and the values in force (after --configs blocks). `own`: (group title, {flag: (description, default)}) of
+    the flags a script parses itself, listed first."""
     sections, _ = STAGES[stage]
     known = describe(path)
     lines = [f"usage: {stage} [--configs BLOCK ...] [--KEY VALUE ...]", "", description.strip(), ""]
@@ -108,12 +115,12 @@ def help_text(stage: str, description: str, values: dict, path: pathlib.Path, ex
         lines += [extra.rstrip(), ""]
     lines += ["  --configs BLOCK ...        config blocks of configs.yaml, merged left to right after 'defaults'"]
     groups: dict[str, list[str]] = {}
+    for key, (text, value) in own[1].items():
+        groups.setdefault(own[0], []).append(_row(key, text, value))
     for key in stage_keys(stage, path):
         section, text = known[key]
         group = section if _owns(sections, section) else "from other sections"  # listed last
-        value = values.get(key)
-        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        groups.setdefault(group, []).append(f"  --{key:<24} {text + ' ' if text else ''}(default: {shown!r})")
+        groups.setdefault(group, []).append(_row(key, text, values.get(key)))
     shared = groups.pop("from other sections", [])
     for group, rows in [*groups.items(), *([("also reads", shared)] if shared else [])]:
         lines += ["", f"{group}:", *rows]
@@ -121,8 +128,14 @@ def help_text(stage: str, description: str, values: dict, path: pathlib.Path, ex
     return "\n".join(lines) + "\n"
 
 
-def print_help(stage: str, description: str, values: dict, path: pathlib.Path, extra: str = "") -> None:
-    sys.stdout.write(help_text(stage, description, values, path, extra))
+def _row(key: str, text: str, value) -> str:
+    shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return f"  --{key:<24} {text + ' ' if text else ''}(default: {shown!r})"
+
+
+def print_help(stage: str, description: str, values: dict, path: pathlib.Path, extra: str = "",
+               own: tuple[str, dict] = ("", {})) -> None:
+    sys.stdout.write(help_text(stage, description, values, path, extra, own))
 
 
 def scale_intervals(stage: str, config: dict, block_values: dict, given: set[str]) -> str | None:

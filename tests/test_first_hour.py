@@ -96,6 +96,9 @@ def run_help(script, *extra):
     ("dreamer_distill.py", ["--prefill", "--use_distill", "--distill_mode", "--task"], ["--n_experts", "--student_dir"]),
     ("dreamer_pretrain.py", ["--n_experts", "--source_task_dirs", "--pretrain_iterations"], ["--prefill", "--student_dir"]),
     ("ood_detection.py", ["--student_dir", "--ood_skip_prefill", "--teacher_model_path"], ["--prefill", "--n_experts"]),
+    # collect_data's own flags (--tasks, --obs, --seed) replace the config keys task, obs, seed; envs it never reads
+    ("collect_data.py", ["--tasks", "--episodes", "--obs", "--seed", "--workers", "--time_limit", "--source_tasks"],
+     ["--task", "--envs", "--eval_envs", "--prefill", "--n_experts"]),
 ])
 def test_stage_help_lists_its_own_flags_with_descriptions(script, own, foreign):
     done = run_help(script)
@@ -107,6 +110,8 @@ def test_stage_help_lists_its_own_flags_with_descriptions(script, own, foreign):
         assert not text.startswith("(default"), row  # a description, not only the default
     for flag in foreign:
         assert not any(line.strip().startswith(flag + " ") for line in lines), flag
+    assert sum(line.strip().startswith(own[0] + " ") for line in lines) == 1  # listed once
+    assert done.stdout.startswith(f"usage: {script} ")
 
 
 def test_flags_of_another_stage_warn(tmp_path):
