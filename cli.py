@@ -33,10 +33,19 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _quiet_disk_errors(args) -> None:
+    """A writer thread (TensorBoard's) that dies of a full disk hands its error to the main thread, which reports
+    it in one line; the thread's own traceback would only repeat it."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in _PLAIN_OS_ERRORS:
+        return
+    threading.__excepthook__(args)
+
+
 def run_main(prog: str, run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Call `run(argv)` and turn its outcome into an exit code with at most one error line on stderr."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        threading.excepthook = _quiet_disk_errors
     try:
         run(argv)
     except UsageError as err:

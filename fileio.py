@@ -30,6 +30,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             _maybe_fault(path.name)
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None  # a failed write() names no file
     finally:
         if tmp.exists():
             tmp.unlink()

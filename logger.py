@@ -2,6 +2,7 @@
 optionally everything to Weights & Biases as a second backend."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -119,13 +120,14 @@ class Logger:
                 f.write(json.dumps(record) + "\n")
         writer = self.writer
         if writer is not None:
-            for name, value in scalars.items():
-                writer.add_scalar(name, value, step)
-            for name, value in self._images.items():
-                writer.add_image(name, value, step, dataformats="HWC")
-            for name, value in self._videos.items():
-                writer._get_file_writer().add_summary(_gif_summary(name, value), step)
-            writer.flush()
+            with self._naming_disk_errors():
+                for name, value in scalars.items():
+                    writer.add_scalar(name, value, step)
+                for name, value in self._images.items():
+                    writer.add_image(name, value, step, dataformats="HWC")
+                for name, value in self._videos.items():
+                    writer._get_file_writer().add_summary(_gif_summary(name, value), step)
+                writer.flush()
         if self._wandb is not None:
             self._wandb.write(step, scalars, self._images, self._videos)
         self._scalars, self._images, self._videos = {}, {}, {}
@@ -152,10 +154,21 @@ class Logger:
             self.writer.add_custom_scalars({category: {title: ["Multiline", tags] for title, tags in group.items()}
                                             for category, group in charts.items()})
 
+    @contextlib.contextmanager
+    def _naming_disk_errors(self):
+        """TensorBoard writes in a thread and re-raises its disk errors (a full disk) without a file name."""
+        try:
+            yield
+        except OSError as err:
+            if err.filename is not None or err.errno is None:
+                raise
+            raise OSError(err.errno, err.strerror, f"{self.logdir} (TensorBoard events)") from None
+
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with self._naming_disk_errors():
+                writer.close()
         if self._wandb is not None:
             self._wandb.close()
             self._wandb = None

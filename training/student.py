@@ -375,12 +375,14 @@ class Trainer:
             self.save()
 
     def close(self) -> None:
-        for env in (self.train_envs, self.eval_envs):
-            if env is not None:
-                env.close()
-        if self.logger is not None:
-            self.logger.close()
-        self.run_dir.close()
+        try:
+            for env in (self.train_envs, self.eval_envs):
+                if env is not None:
+                    env.close()
+            if self.logger is not None:
+                self.logger.close()
+        finally:  # the lock goes even when the last flush fails (a full disk)
+            self.run_dir.close()
 
 
 def _resume_keys() -> tuple:

@@ -195,9 +195,11 @@ class TeacherTrainer:
                                        log=lambda line: print(line, file=sys.stderr))
 
     def close(self) -> None:
-        if self.logger is not None:
-            self.logger.close()
-        self.run_dir.close()
+        try:
+            if self.logger is not None:
+                self.logger.close()
+        finally:  # the lock goes even when the last flush fails (a full disk)
+            self.run_dir.close()
 
 
 class MetricWindow:
