@@ -44,9 +44,11 @@ def batch_inputs(base, recorded: list[dict], n: int) -> tuple:
 
 @torch.inference_mode()
 def interleaved_times(modules: dict, inputs: tuple, calls: int, rounds: int = 10, warmup: int = 5) -> dict:
-    """Wall time per call in ms, {name: (calls,) array}, of every module on the same inputs. The calls are timed
-    in `rounds` blocks that alternate between the modules (in a rotating order), so a change of the machine's
-    load during the run falls on every module alike and the ratios between them hold."""
+    """Time per call in ms of every module on the same inputs: {name: (wall (calls,), CPU (calls,))}. The calls are
+    timed in `rounds` blocks that alternate between the modules (in a rotating order), so a change of the
+    machine's load during the run falls on every module alike and the ratios between them hold. CPU time is
+    this thread's (with one torch thread all the work runs in it): what the call costs, without the time other
+    processes held the core."""
     for module in modules.values():
         for _ in range(warmup):  # the first calls of a compiled module compile it
             module(*inputs)
@@ -56,10 +58,10 @@ def interleaved_times(modules: dict, inputs: tuple, calls: int, rounds: int = 10
         for name in names[r % len(names):] + names[:r % len(names)]:
             module = modules[name]
             for _ in range(per_round):
-                start = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.thread_time()
                 module(*inputs)
-                times[name].append(time.perf_counter() - start)
-    return {name: np.array(t) * 1e3 for name, t in times.items()}
+                times[name].append((time.perf_counter() - wall, time.thread_time() - cpu))
+    return {name: tuple(np.array(t).T * 1e3) for name, t in times.items()}
 
 
 def compiled(module):
