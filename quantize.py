@@ -4,10 +4,11 @@
         [--variants fp32,bf16,fp16,int8_wo,int8_dyn] [--no_compile] [--seed 0] [--threads 1]
 
 Writes <out>/<variant>.pt for each variant (each accepted by evaluate.py --checkpoint), <out>/table.json and
-<out>/table.md: size on disk, parameter bytes, latency per action at batch 1 (median, p90), throughput at
-batch 64, eager and (fp32/int8) torch.compile'd (all variants timed in alternating blocks), largest action difference to fp32 on recorded observations,
-eval success over --episodes seeded episodes with its difference to fp32 and standard error. Which layers stay
-float, and why: artefacts/variants.py.
+<out>/table.md: size on disk, parameter bytes, latency per action at batch 1 (wall median, p90, and median
+thread CPU time, which other processes' load barely moves), throughput at batch 64 (by wall and by CPU time),
+eager and (fp32/int8) torch.compile'd, all variants timed in alternating blocks; largest action difference to
+fp32 on recorded observations; eval success over --episodes seeded episodes with its difference to fp32 and
+standard error. Which layers stay float, and why: artefacts/variants.py.
 """
 from __future__ import annotations
 
