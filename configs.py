@@ -128,21 +128,10 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--configs", nargs="+", default=["defaults"])
     known, rest = pre.parse_known_args(argv)
-    blocks = read_blocks(path)
     names = list(known.configs)
     if "defaults" not in names:
         names.insert(0, "defaults")
-    merged: dict = {}
-    for name in names:
-        if name not in blocks:
-            raise ConfigError(_unknown_message("config block", name, blocks.keys()))
-        merged = merge(merged, blocks[name] or {})
-    defaults = blocks.get("defaults", {})
-    for name in names:
-        for key in blocks[name] or {}:
-            if key not in defaults:
-                raise ConfigError(f"block '{name}' sets {_unknown_message('config key', key, defaults.keys())}")
-
+    merged = _merge_blocks(names, path)
     if stage and ("-h" in rest or "--help" in rest):
         import stage_flags
 
@@ -180,6 +169,23 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
         if note:
             print(note, file=sys.stderr)
     return config
+
+
+def _merge_blocks(names: list[str], path: pathlib.Path) -> dict:
+    """The blocks `names` of `path` merged left to right; an unknown block, or a key that `defaults` does not
+    define, is an error naming the closest valid one."""
+    blocks = read_blocks(path)
+    merged: dict = {}
+    for name in names:
+        if name not in blocks:
+            raise ConfigError(_unknown_message("config block", name, blocks.keys()))
+        merged = merge(merged, blocks[name] or {})
+    defaults = blocks.get("defaults", {})
+    for name in names:
+        for key in blocks[name] or {}:
+            if key not in defaults:
+                raise ConfigError(f"block '{name}' sets {_unknown_message('config key', key, defaults.keys())}")
+    return merged
 
 
 def _canonical_task_names(config: Config) -> None:
