@@ -45,6 +45,9 @@ def run_main(prog: str, run: Callable[[Sequence[str] | None], object], argv: Seq
     """Call `run(argv)` and turn its outcome into an exit code with at most one error line on stderr."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+        # keeps it so: Ctrl-C of a sweep and the SIGINT a sweep sends its jobs to save would then be lost.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.excepthook = _quiet_disk_errors
     try:
         run(argv)

@@ -34,8 +34,11 @@ def write_spec(path: pathlib.Path, root: pathlib.Path, methods: dict, teachers: 
 
 
 def sweep(spec: pathlib.Path, **popen) -> subprocess.Popen:
+    """The driver as a background job of a non-interactive shell starts it: with SIGINT ignored, which its
+    Ctrl-C handling must undo."""
     return subprocess.Popen([sys.executable, "sweep.py", str(spec), "--num_cpus", "2"], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), **popen)
 
 
 def stage_pids(logdir: pathlib.Path) -> list[int]:
