@@ -3,7 +3,6 @@ workers that die with their parent."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import random
 import signal
@@ -60,12 +59,14 @@ def native_bf16(device) -> bool:
     return _NATIVE_BF16[kind]
 
 
-def die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker process when `parent` dies, even by SIGKILL, wherever the worker is (busy,
-    blocked, stopped): a killed stage leaves no orphans. Call it first thing in the worker."""
+def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send this process `sig` when `parent` dies, even by SIGKILL, wherever the process is (busy,
+    blocked, stopped): a killed stage leaves no orphans (SIGINT instead lets a stage script save first). Call it
+    first thing in the worker, or in a subprocess's preexec hook."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # The process's own symbols (libc's among them): no library search, which may spawn a process and
+        # has no place in a preexec hook.
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the worker ends when it next finds its parent gone
         pass
     if os.getppid() != parent:  # the parent died before prctl took effect

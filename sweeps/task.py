@@ -1,10 +1,9 @@
 """One job inside a Ray task: run its command as a subprocess that dies with the worker, write the done marker.
 
-Only the standard library is imported here, so a Ray worker starts this quickly.
+Little is imported here (the standard library and `runtime`), so a Ray worker starts this quickly.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -12,7 +11,8 @@ import subprocess
 import time
 from collections import deque
 
-PR_SET_PDEATHSIG = 1
+import runtime
+
 TAIL_LINES = 20
 TERM_GRACE_S = 60  # a stage script saves its checkpoint on SIGINT (Ctrl-C); give it time before SIGKILL
 
@@ -24,12 +24,7 @@ def _die_with_parent(parent: int):
     """
     def hook():
         os.setpgrp()
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
-        except (OSError, AttributeError):  # not Linux: the worker still stops the group on cancellation
-            pass
-        if os.getppid() != parent:  # the worker died before prctl took effect
-            os._exit(1)
+        runtime.die_with_parent(parent, signal.SIGINT)
     return hook
 
 
