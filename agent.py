@@ -105,6 +105,16 @@ class Agent:
         A non-finite world-model loss or gradient skips that update (metric `model_skipped` = 1);
         MAX_NONFINITE in a row raise FloatingPointError.
         """
+        data, post, metrics = self.train_world_model(batch, step)
+        if post is not None:
+            metrics.update(self.behavior.train_step(self.wm, post, step, **self.behavior_hooks(data, post, step)))
+        self.updates += 1
+        return metrics
+
+    def train_world_model(self, batch: dict, step: int) -> tuple[dict, dict | None, dict]:
+        """The world-model (+ distiller) half of `train`: loss, backward, clipping, Adam steps. Returns the
+        preprocessed batch, the detached posterior states (B, T, ...) the behavior starts from (None when a
+        non-finite loss or gradient skipped the update) and the metrics. Does not count an update."""
         c = self.config
         wm = self.wm
         data = wm.preprocess(batch)
@@ -139,17 +149,13 @@ class Agent:
             self.wm_opt.zero_grad(set_to_none=True)
             if self.distill_opt is not None:
                 self.distill_opt.zero_grad(set_to_none=True)
-            self.updates += 1
-            return metrics
+            return data, None, metrics
         self._nonfinite = 0
         self.wm_opt.step()
         if self.distill_opt is not None:
             self.distill_opt.step()
         self.wm_opt.zero_grad(set_to_none=True)
-        post = {k: v.detach() for k, v in post.items()}
-        metrics.update(self.behavior.train_step(wm, post, step, **self.behavior_hooks(data, post, step)))
-        self.updates += 1
-        return metrics
+        return data, {k: v.detach() for k, v in post.items()}, metrics
 
     def behavior_hooks(self, data: dict, post: dict, step: int) -> dict:
         """The distiller's actor/critic hooks bound to this batch: {'actor_extra': fn(actor) -> (loss, metrics),

@@ -1,4 +1,5 @@
-"""What every benchmark reports besides its figures: the machine it ran on, and its JSON output."""
+"""What benchmarks share: the machine they ran on, their JSON output, random batches and our student built
+for timing."""
 from __future__ import annotations
 
 import json
@@ -52,3 +53,27 @@ def random_teacher_batch(b: int, t: int, k: int, rng, act_dim: int = 4) -> dict:
             "discount": np.ones((b, t), np.float32),
             "is_first": np.eye(1, t, dtype=bool).repeat(b, 0),
             "task": np.arange(b) % k}
+
+
+def student_agent(config, k: int | None = None, active: int | None = None, device="cpu", seed: int = 0,
+                  act_dim: int = 4, **overrides):
+    """Our student `Agent` with no distiller (k None) or with a randomly initialised K-task comet teacher
+    (MoE encoder; timing does not depend on the weights) restricted to its first `active` views;
+    `overrides` are distillation config keys (teacher_precision, distill_batch). Returns (agent, distiller)."""
+    import torch
+
+    from agent import Agent
+    from methods import build_method
+    from models.world_model import TeacherWorldModel
+
+    torch.manual_seed(seed)
+    agent = Agent(config, None, act_dim, device)
+    if k is None:
+        return agent, None
+    tconfig = {**config, "source_tasks": [f"metaworld_task{i}" for i in range(k)], "teacher_encoder_mode": "moe"}
+    teacher = TeacherWorldModel(tconfig, act_dim).to(device).eval()
+    distiller = build_method({**config, "prune_every": 0, **overrides}, teacher, agent.wm.feat_size, verbose=False)
+    if active is not None:
+        distiller.set_active(list(range(active)))
+    agent.attach_distiller(distiller)
+    return agent, distiller

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 import configs  # noqa: E402
 import runtime  # noqa: E402
-from bench.common import emit, machine  # noqa: E402
+from bench.common import emit, machine, student_agent  # noqa: E402
 
 A = 4
 
@@ -74,24 +74,10 @@ class TimedDistiller:
 
 
 def build(config, k: int | None, active: int | None, device, seed: int, **overrides):
-    """Agent with no distiller (k None) or with a random K-task comet teacher restricted to `active`
-    views; `overrides` are distillation config keys (teacher_precision, distill_batch)."""
-    from agent import Agent
-    from methods import build_method
-    from models.world_model import TeacherWorldModel
-
-    torch.manual_seed(seed)
-    agent = Agent(config, None, A, device)
-    timer = None
-    if k is not None:
-        tconfig = {**config, "source_tasks": [f"metaworld_task{i}" for i in range(k)], "teacher_encoder_mode": "moe"}
-        teacher = TeacherWorldModel(tconfig, A).to(device).eval()
-        distiller = build_method({**config, "prune_every": 0, **overrides}, teacher, agent.wm.feat_size, verbose=False)
-        if active is not None:
-            distiller.set_active(list(range(active)))
-        agent.attach_distiller(distiller)
-        timer = TimedDistiller(distiller)
-    return agent, timer
+    """`bench.common.student_agent` with the distiller's `world_model_loss` timed (TimedDistiller, None
+    without a distiller)."""
+    agent, distiller = student_agent(config, k, active, device, seed, A, **overrides)
+    return agent, (TimedDistiller(distiller) if distiller is not None else None)
 
 
 VARIANTS = {

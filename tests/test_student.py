@@ -181,6 +181,21 @@ def test_policy_resets_the_latent_state_where_is_first():
     assert not torch.allclose(state[0]["deter"][1], fresh[0]["deter"][1])
 
 
+def test_train_world_model_updates_the_world_model_only():
+    torch.manual_seed(0)
+    agent, config = tiny_agent()
+    batch = tiny_batch(config)
+    wm_before = [p.detach().clone() for p in agent.wm.parameters()]
+    behavior_before = [p.detach().clone() for p in agent.behavior.parameters()]
+    data, post, metrics = agent.train_world_model(batch, 0)
+    assert metrics["model_skipped"] == 0.0 and np.isfinite(metrics["model_loss"])
+    assert sum(not torch.equal(a, p) for a, p in zip(wm_before, agent.wm.parameters())) > len(wm_before) // 2
+    assert all(torch.equal(a, p) for a, p in zip(behavior_before, agent.behavior.parameters()))
+    b, t = config["batch_size"], config["batch_length"]
+    assert post["deter"].shape == (b, t, config["dyn_deter"]) and not post["deter"].requires_grad
+    assert data["state"].shape == (b, t, 39) and agent.updates == 0  # `train` counts updates, not its halves
+
+
 def test_non_finite_world_model_loss_is_skipped_then_raises():
     torch.manual_seed(0)
     agent, config = tiny_agent()
