@@ -8,7 +8,8 @@ Variants (each runs the same code with one setting changed):
   (AVX-512 BF16 / AMX; elsewhere it equals fp32);
 * `compiled` / `compiled_bf16`: fp32 / bf16 with every MLP and the RSSM's one-step functions wrapped in `torch.compile` (inductor,
   `fallback_random` so the random stream is eager's). Not an option of the stage scripts: measured here to
-  size what fusing the per-step ops would buy (its compilation takes minutes on a CPU).
+  size what fusing the per-step ops would buy (its first compilation takes 35-51 s on a CPU, a few s with
+  inductor's on-disk cache warm).
 
 For every variant, in a fresh process per measurement (so peak RSS is its own), alternating variants for
 `--rounds` rounds:
