@@ -1,5 +1,5 @@
-"""What benchmarks share: the machine they ran on, their JSON output, random batches and our student built
-for timing."""
+"""What benchmarks share: the machine they ran on, their JSON output, random batches, our student built for
+timing and the timing of its updates."""
 from __future__ import annotations
 
 import json
@@ -53,6 +53,52 @@ def random_teacher_batch(b: int, t: int, k: int, rng, act_dim: int = 4) -> dict:
             "discount": np.ones((b, t), np.float32),
             "is_first": np.eye(1, t, dtype=bool).repeat(b, 0),
             "task": np.arange(b) % k}
+
+
+def random_student_batch(config, shapes: dict, seed: int = 0, act_dim: int = 4) -> dict:
+    """A student (B, T) batch in the replay's format with random content (speed does not depend on it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, t = config["batch_size"], config["batch_length"]
+    batch = {"action": rng.uniform(-1, 1, (b, t, act_dim)).astype(np.float32),
+             "reward": rng.uniform(0, 10, (b, t)).astype(np.float32), "discount": np.ones((b, t), np.float32),
+             "is_first": np.zeros((b, t), bool), "is_terminal": np.zeros((b, t), bool)}
+    batch["is_first"][:, 0] = True
+    if "image" in shapes:
+        batch["image"] = rng.integers(0, 256, (b, t, *shapes["image"]), dtype=np.uint8)
+    if "state" in shapes:
+        batch["state"] = rng.normal(size=(b, t, *shapes["state"])).astype(np.float32)
+    return batch
+
+
+def update_times(agent, batch: dict, updates: int, clock) -> tuple[float, list[float], list[float]]:
+    """`agent.train` on `batch`: wall seconds of a first, warm-up call (allocations, Adam state, compilation),
+    then `clock` seconds of `updates` more calls and of the behaviour part of each (`Behavior.train_step`)."""
+    import time
+
+    train_step, behaviour = agent.behavior.train_step, []
+
+    def timed(*args, **kwargs):
+        start = clock()
+        out = train_step(*args, **kwargs)
+        behaviour.append(clock() - start)
+        return out
+
+    agent.behavior.train_step = timed
+    try:
+        start = time.perf_counter()
+        agent.train(batch, 0)
+        first = time.perf_counter() - start
+        behaviour.clear()
+        totals = []
+        for i in range(updates):
+            start = clock()
+            agent.train(batch, i + 1)
+            totals.append(clock() - start)
+    finally:
+        del agent.behavior.train_step  # the class's method again
+    return first, totals, behaviour
 
 
 def student_agent(config, k: int | None = None, active: int | None = None, device="cpu", seed: int = 0,

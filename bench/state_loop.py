@@ -75,7 +75,7 @@ def measure_parts(variant: str, updates: int) -> dict:
     import configs
     import envs
     from agent import Agent
-    from bench.student_step import random_batch
+    from bench.common import random_student_batch, update_times
     from models.world_model import obs_shapes_from
 
     config = configs.load_config(["--configs", *BLOCKS, "--task", "metaworld_reach", *variant_argv(variant)])
@@ -84,21 +84,7 @@ def measure_parts(variant: str, updates: int) -> dict:
     agent = Agent(config, shapes, 4, "cpu")
     if variant.startswith("compiled"):
         compile_agent(agent)
-    batch = random_batch(config, shapes)
-    behavior_step, spent = agent.behavior.train_step, []
-
-    def timed_behaviour(*args, **kwargs):
-        start = time.process_time()
-        out = behavior_step(*args, **kwargs)
-        spent.append(time.process_time() - start)
-        return out
-
-    agent.behavior.train_step = timed_behaviour
-    start = time.time()
-    agent.train(batch, 0)  # warm-up (and compilation)
-    first = time.time() - start
-    spent.clear()
-    update = cpu_times(lambda: agent.train(batch, 1), updates)
+    first, update, spent = update_times(agent, random_student_batch(config, shapes), updates, time.process_time)
     env = envs.VecEnv(config, config.task, 1, seed=0)
     try:
         obs = env.reset()

@@ -26,26 +26,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import configs  # noqa: E402
-from bench.common import emit, machine  # noqa: E402
-
-
-def random_batch(config, shapes: dict, seed: int = 0) -> dict:
-    """A (B, T) batch in the replay's format with random content."""
-    rng = np.random.default_rng(seed)
-    b, t = config["batch_size"], config["batch_length"]
-    batch = {"action": rng.uniform(-1, 1, (b, t, 4)).astype(np.float32),
-             "reward": rng.uniform(0, 10, (b, t)).astype(np.float32), "discount": np.ones((b, t), np.float32),
-             "is_first": np.zeros((b, t), bool), "is_terminal": np.zeros((b, t), bool)}
-    batch["is_first"][:, 0] = True
-    if "image" in shapes:
-        batch["image"] = rng.integers(0, 256, (b, t, *shapes["image"]), dtype=np.uint8)
-    if "state" in shapes:
-        batch["state"] = rng.normal(size=(b, t, *shapes["state"])).astype(np.float32)
-    return batch
+from bench.common import emit, machine, random_student_batch, update_times  # noqa: E402
 
 
 def time_updates(blocks: list[str], updates: int) -> dict:
@@ -56,25 +40,8 @@ def time_updates(blocks: list[str], updates: int) -> dict:
     config = configs.load_config(["--configs", *blocks])
     shapes = obs_shapes_from(config)
     agent = Agent(config, shapes, 4, "cpu")
-    batch = random_batch(config, shapes)
-    behavior_train = agent.behavior.train_step
-    parts = {"behavior": []}
-
-    def timed_behavior(*args, **kwargs):
-        start = time.perf_counter()
-        out = behavior_train(*args, **kwargs)
-        parts["behavior"].append(time.perf_counter() - start)
-        return out
-
-    agent.behavior.train_step = timed_behavior
-    agent.train(batch, 0)  # warm-up (allocations, Adam state)
-    parts["behavior"].clear()
-    totals = []
-    for i in range(updates):
-        start = time.perf_counter()
-        agent.train(batch, i + 1)
-        totals.append(time.perf_counter() - start)
-    total, behavior = statistics.median(totals), statistics.median(parts["behavior"])
+    _, totals, behaviours = update_times(agent, random_student_batch(config, shapes), updates, time.perf_counter)
+    total, behavior = statistics.median(totals), statistics.median(behaviours)
     return {"blocks": blocks, "batch": [config["batch_size"], config["batch_length"]], "obs": config["obs"],
             "updates": updates, "updates_per_s": round(1 / total, 4), "update_s": round(total, 4),
             "world_model_s": round(total - behavior, 4), "behavior_s": round(behavior, 4),
