@@ -1,6 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a torn file."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a torn file; disk errors
+that name the file they were writing."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -24,20 +26,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:6]}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            _maybe_fault(path.name)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if err.filename is not None or err.errno is None:
-            raise
-        raise OSError(err.errno, err.strerror, str(path)) from None  # a failed write() names no file
+        with naming_errors(path):  # a failed write() names no file
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                _maybe_fault(path.name)
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextlib.contextmanager
+def naming_errors(name):
+    """An OSError raised inside that names no file (a failed write(), a writer thread's full disk) is raised
+    again naming `name`, so its one-line report says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(name)) from None
 
 
 def remove_temp_files(*folders: pathlib.Path) -> None:

@@ -2,7 +2,6 @@
 optionally everything to Weights & Biases as a second backend."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -14,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fileio import atomic_write
+from fileio import atomic_write, naming_errors
 
 
 class Logger:
@@ -154,15 +153,9 @@ class Logger:
             self.writer.add_custom_scalars({category: {title: ["Multiline", tags] for title, tags in group.items()}
                                             for category, group in charts.items()})
 
-    @contextlib.contextmanager
     def _naming_disk_errors(self):
         """TensorBoard writes in a thread and re-raises its disk errors (a full disk) without a file name."""
-        try:
-            yield
-        except OSError as err:
-            if err.filename is not None or err.errno is None:
-                raise
-            raise OSError(err.errno, err.strerror, f"{self.logdir} (TensorBoard events)") from None
+        return naming_errors(f"{self.logdir} (TensorBoard events)")
 
     def close(self) -> None:
         writer, self._writer = self._writer, None
