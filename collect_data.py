@@ -18,17 +18,16 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import cli  # noqa: E402
+import tools  # noqa: E402
 import configs  # noqa: E402
 import envs  # noqa: E402
-import stage_flags  # noqa: E402
 from collection.pool import collect  # noqa: E402
-from contract import OBS_MODES  # noqa: E402
+from tools import OBS_MODES  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise cli.UsageError(message)
+        raise tools.UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def _check(args) -> None:
                         (args.workers >= 1, f"--workers must be >= 1, got {args.workers}"),
                         (args.seed >= 0, f"--seed must be >= 0, got {args.seed}")):
         if not ok:
-            raise cli.UsageError(message)
+            raise tools.UsageError(message)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, configs.Config]:
@@ -66,11 +65,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, configs.Config]:
     _check(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or list(config.source_tasks)
     if not tasks:
-        raise cli.UsageError("no tasks: pass --tasks metaworld_a,metaworld_b or a config block with source_tasks")
+        raise tools.UsageError("no tasks: pass --tasks metaworld_a,metaworld_b or a config block with source_tasks")
     try:
         args.tasks = envs.canonical_tasks(tasks)  # one stored spelling, whichever form was typed
     except envs.TaskNameError as err:
-        raise cli.UsageError(f"--tasks: {err}") from None
+        raise tools.UsageError(f"--tasks: {err}") from None
     config.obs, config.seed = args.obs, args.seed
     return args, config
 
@@ -88,7 +87,7 @@ def run(argv=None) -> dict[str, dict]:
 
 def main(argv=None) -> int:
     """Exit code: 0 done, 1 a collection worker failed, 2 unusable command line or folder, 130 interrupted."""
-    return cli.run_main("collect_data", run, argv)
+    return tools.run_main("collect_data", run, argv)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import sys
 
-import cli
+import tools
 import configs
 from training.student import Trainer
 
 
 def run(argv=None) -> None:
-    """Parse flags and train; raises cli.UsageError for an unusable command line."""
+    """Parse flags and train; raises tools.UsageError for an unusable command line."""
     config = configs.load_config(argv, description=__doc__, stage="dreamer_distill.py")
     os.environ.setdefault("MUJOCO_GL", config.mujoco_gl)
     trainer = Trainer(config)
@@ -32,7 +32,7 @@ def run(argv=None) -> None:
 
 def main(argv=None) -> int:
     """Exit code: 0 done, 2 unusable command line, 130 interrupted (checkpoint saved)."""
-    return cli.run_main("dreamer_distill", run, argv)
+    return tools.run_main("dreamer_distill", run, argv)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 
-import cli
+import tools
 import configs
 from training.teacher import TeacherTrainer
 
 def run(argv=None) -> None:
-    """Parse flags and pretrain; raises cli.UsageError for an unusable command line or input."""
+    """Parse flags and pretrain; raises tools.UsageError for an unusable command line or input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config = configs.load_config(argv, description=__doc__.split("\n\n")[0], stage="dreamer_pretrain.py")
     trainer = TeacherTrainer(config)
@@ -28,7 +28,7 @@ def run(argv=None) -> None:
 
 def main(argv=None) -> int:
     """Exit code: 0 done, 1 training diverged, 2 unusable command line or input, 130 interrupted."""
-    return cli.run_main("dreamer_pretrain", run, argv)
+    return tools.run_main("dreamer_pretrain", run, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import Sequence
 
-import cli
+import tools
 import configs
 from ood import pipeline
 
@@ -28,7 +28,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit code: 0 done, 2 unusable input (one error line)."""
-    return cli.run_main("ood_detection", run, argv)
+    return tools.run_main("ood_detection", run, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import pathlib
 import sys
 
-import cli
+import tools
 
 
 def run(argv=None) -> None:
@@ -31,7 +31,7 @@ def run(argv=None) -> None:
 
     runs = load.find_runs(args.runs)
     if not runs:
-        raise cli.UsageError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
+        raise tools.UsageError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
     table, notes = aggregate.build(runs, args.last)
     for note in notes:
         print(f"note: {note}")
@@ -42,7 +42,7 @@ def run(argv=None) -> None:
 
 def main(argv=None) -> int:
     """Exit 0: report written; 2: no usable runs (one line says why)."""
-    return cli.run_main("results.py", run, argv)
+    return tools.run_main("results.py", run, argv)
 
 
 if __name__ == "__main__":

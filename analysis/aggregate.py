@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from analysis.load import Run
-from cli import UsageError
+from tools import UsageError
 
 
 @dataclasses.dataclass

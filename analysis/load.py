@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from cli import UsageError
+from tools import UsageError
 
 EVAL_KEYS = {"success": "eval/success_any", "success_final": "eval/success_final", "return": "eval/return"}
 SEED_DIR = re.compile(r"seed(\d+)$")

@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 
 from artefacts import student
-from contract import SUCCESS_RULES
+from tools import SUCCESS_RULES
 
 STATS = ("return", "length", "success_any", "success_final")
 
@@ -32,7 +32,7 @@ def actor_for(payload: dict, device: str = "cpu"):
 def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: int = 0):
     """(episodes, frames of the first `film` episodes: one uint8 (T + 1, H, W, 3) array each, protocol dict)."""
     import envs
-    import runtime
+    import tools
     from training.evaluation import evaluate
     from models.world_model import OBS_KEYS
 
@@ -42,7 +42,7 @@ def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n
     except ValueError as err:
         raise student.ArtefactError(f"--task: {err}") from None
     actor, how = actor_for(payload)
-    runtime.set_seed(seed)
+    tools.set_seed(seed)
     vec = envs.VecEnv(config, task, envs_n, seed=seed)
     try:
         videos = []
@@ -85,9 +85,9 @@ def write(out_dir, checkpoint_path, eps, videos, protocol, logdir=None) -> dict:
     for k, frames in enumerate(videos):
         write_video(out_dir / f"episode{k}", frames)
     if logdir:
-        import logger as logger_lib
+        import tools
 
-        lg = logger_lib.Logger(logdir)
+        lg = tools.Logger(logdir)
         for k in STATS:
             lg.scalar(f"eval/{k}", summary[k]["mean"])
         for k, frames in enumerate(videos):
@@ -100,14 +100,14 @@ def write(out_dir, checkpoint_path, eps, videos, protocol, logdir=None) -> dict:
 def write_video(stem: pathlib.Path, frames: np.ndarray, fps: int = 16) -> pathlib.Path:
     """`stem`.mp4 (H.264 through the ffmpeg binary that imageio-ffmpeg ships) of uint8 (T, H, W, 3) frames, or
     `stem`.gif where imageio-ffmpeg is not installed; returns the path written."""
-    import fileio
+    import tools
 
     try:
         import imageio_ffmpeg
     except ImportError:
-        from logger import gif_bytes
+        from tools import gif_bytes
 
-        return fileio.atomic_write(stem.with_suffix(".gif"), lambda f: f.write(gif_bytes(frames, fps)))
+        return tools.atomic_write(stem.with_suffix(".gif"), lambda f: f.write(gif_bytes(frames, fps)))
     path = stem.with_suffix(".mp4")
     tmp = path.with_name(f".{path.name}.tmp.mp4")  # ffmpeg picks the container from the suffix
     T, H, W, _ = frames.shape

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import pathlib
 
-import checkpoint
-import cli
+import tools
 
 # `kind` of the policy-variant files written by quantize.py (a student checkpoint has no `kind`).
 VARIANT_KIND = "student_policy"
 
 
-class ArtefactError(cli.UsageError):
+class ArtefactError(tools.UsageError):
     """A file that is not the artefact asked for; the message is one line naming it."""
 
 
@@ -21,8 +20,8 @@ def read(path) -> dict:
     """The checkpoint dict of a student run or a policy variant; anything else is an ArtefactError."""
     path = pathlib.Path(path).expanduser()
     try:
-        payload = checkpoint.load(path)
-    except checkpoint.CheckpointError as err:
+        payload = tools.load_checkpoint(path)
+    except tools.CheckpointError as err:
         raise ArtefactError(f"--checkpoint: {err}") from None
     kind = payload.get("kind")
     if kind == "teacher":
@@ -38,7 +37,7 @@ def read(path) -> dict:
 
 def build_agent(payload: dict, device: str = "cpu"):
     """The student Agent rebuilt from the checkpoint's own config, weights loaded strictly, in eval mode."""
-    from agent import Agent
+    from models.agent import Agent
     from envs import ACTION_DIM
     from models.world_model import obs_shapes_from
 

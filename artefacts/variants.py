@@ -18,7 +18,7 @@ import pathlib
 import torch
 from torch import nn
 
-import checkpoint
+import tools
 from artefacts.policy import ActingPolicy
 from artefacts.student import VARIANT_KIND, ArtefactError, build_agent
 
@@ -60,7 +60,7 @@ def make(agent, name: str) -> ActingPolicy:
 
 def save(path, module: ActingPolicy, name: str, payload: dict) -> pathlib.Path:
     """Write variant `name` of the student in `payload` (its checkpoint dict) as a loadable file."""
-    return checkpoint.save(path, {"kind": VARIANT_KIND, "variant": name, "config": payload["config"],
+    return tools.save_checkpoint(path, {"kind": VARIANT_KIND, "variant": name, "config": payload["config"],
                                   "step": payload.get("step", 0), "policy": module.state_dict()})
 
 

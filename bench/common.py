@@ -108,7 +108,7 @@ def student_agent(config, k: int | None = None, active: int | None = None, devic
     `overrides` are distillation config keys (teacher_precision, distill_batch). Returns (agent, distiller)."""
     import torch
 
-    from agent import Agent
+    from models.agent import Agent
     from methods import build_method
     from models.world_model import TeacherWorldModel
 

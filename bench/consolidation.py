@@ -6,7 +6,7 @@ experts that taught it (PolyTask's table), in the real env, printed and written 
 Collects state-mode source datasets of the six source tasks of `metaworld_teacher_moe_pretrain`
 (noisy experts: noise 0.1, 10% random episodes), pretrains a teacher with `--teacher_actor_steps` (the
 world model only briefly: the behaviour actor reads the raw state and does not depend on it), then runs
-`methods.consolidation.evaluate_teacher_actor` with the same env seeds for actor and expert. Success
+`training.consolidation.evaluate_teacher_actor` with the same env seeds for actor and expert. Success
 rates come with 95% Clopper-Pearson intervals.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> int:
     torch.set_num_threads(1)
     import collect_data
     import dreamer_pretrain
-    from methods.consolidation import evaluate_teacher_actor
+    from training.consolidation import evaluate_teacher_actor
 
     root = pathlib.Path(args.root)
     common = ["--configs", "defaults", "metaworld_state", "--progress", "False", "--threads", "1"]

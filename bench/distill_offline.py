@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import configs  # noqa: E402
-import runtime  # noqa: E402
+import tools  # noqa: E402
 from bench.common import emit, machine  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def run(config, train, held, weight: float, seed: int, teacher_path: str, update
     from models.world_model import WorldModel
     from replay import Replay
 
-    runtime.set_seed(seed)
+    tools.set_seed(seed)
     wm = WorldModel(config, 4)
     opt = torch.optim.Adam(wm.parameters(), lr=config["model_lr"], eps=config["model_eps"])
     distiller, dopt = None, None

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import configs  # noqa: E402
-import runtime  # noqa: E402
+import tools  # noqa: E402
 from bench.common import emit, machine, student_agent  # noqa: E402
 
 A = 4
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     blocks = ["defaults", "metaworld"] + (["debug"] if args.quick else [])
     config = configs.load_config(["--configs", *blocks, "--device", args.device])
-    device = runtime.get_device(args.device)
+    device = tools.get_device(args.device)
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
     assert not unknown and "plain" in names, f"variants must include plain and come from {list(VARIANTS)}: {unknown}"

@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     import torch
 
-    import checkpoint
+    import tools
     import configs
     from artefacts import student, table, variants
     from bench.common import emit, machine
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     before = machine()  # load average at the start; the one at the end goes in "machine"
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "latest.pt"
-        checkpoint.save(path, {"config": config, "step": 0, "agent": agent.state_dict()})
+        tools.save_checkpoint(path, {"config": config, "step": 0, "agent": agent.state_dict()})
         rows = table.run(path, pathlib.Path(tmp) / "q", list(variants.VARIANTS), 0, 0, not args.no_compile, args.calls)
     result = {"configs": args.configs, "obs": config["obs"], "size": config["size"], "cnn_depth": config["cnn_depth"],
               "machine_at_start": before, "machine": machine(), "calls": args.calls, "rows": rows, "table": table.markdown(rows)}

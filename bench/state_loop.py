@@ -74,7 +74,7 @@ def measure_parts(variant: str, updates: int) -> dict:
 
     import configs
     import envs
-    from agent import Agent
+    from models.agent import Agent
     from bench.common import random_student_batch, update_times
     from models.world_model import obs_shapes_from
 

@@ -34,7 +34,7 @@ from bench.common import emit, machine, random_student_batch, update_times  # no
 
 def time_updates(blocks: list[str], updates: int) -> dict:
     """Median seconds of a full update and of its world-model and behavior parts."""
-    from agent import Agent
+    from models.agent import Agent
     from models.world_model import obs_shapes_from
 
     config = configs.load_config(["--configs", *blocks])

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import configs  # noqa: E402
-import runtime  # noqa: E402
+import tools  # noqa: E402
 from bench.common import emit, machine, random_teacher_batch  # noqa: E402
 from models import ConvEncoder, OrthogonalMoEEncoder, TeacherWorldModel, compile_heavy  # noqa: E402
 
@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--small_reps", type=int, default=10)
     parser.add_argument("--skip_paper", action="store_true", help="small config and ratios only")
     args = parser.parse_args(argv)
-    device = runtime.get_device(args.device)
+    device = tools.get_device(args.device)
     out = {"device": str(device), "machine": machine(device)}
     out["small"] = update_rate(SMALL, device, max(args.warmup, 2), args.small_reps)
     out["encoder_small_batch"] = encoder_cost(6, 6, 8, 16, 32, device, 2, 5)

@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-from contract import ACTION_DIM, STEP_KEYS
+from tools import ACTION_DIM, STEP_KEYS
 
 
 def episode_seeds(seed: int, env_name: str, index: int) -> tuple[int, int]:

@@ -10,9 +10,7 @@ import sys
 import numpy as np
 
 import replay
-from cli import UsageError
-from contract import EPISODE_KEYS, OBS_KEYS, SUCCESS_RULES, success_any, success_final
-from fileio import atomic_write
+from tools import EPISODE_KEYS, OBS_KEYS, SUCCESS_RULES, UsageError, atomic_write, success_any, success_final
 
 from .experts import episode_seeds
 

@@ -9,11 +9,8 @@ import signal
 import sys
 
 import envs
-from cli import RunFailed
+from tools import OBS_KEYS, RunFailed, die_with_parent, remove_temp_files
 import replay
-from contract import OBS_KEYS
-from fileio import remove_temp_files
-from runtime import die_with_parent
 
 from .experts import episode_seeds, expert_policy, run_episode
 from .manifest import (build_manifest, check_same_settings, episode_file, episode_record, existing_episodes,

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from contract import ACTION_DIM, OBS_MODES, STATE_DIM  # noqa: F401 (re-exported by envs)
+from tools import ACTION_DIM, OBS_MODES, STATE_DIM  # noqa: F401 (re-exported by envs)
 from envs.tasks import canonical_task, env_name
 GL_BACKENDS = ("egl", "osmesa")
 

@@ -26,7 +26,7 @@ def _stack(steps: list[dict]) -> dict:
 
 def _worker(conn, settings: dict, task: str, seed: int, index: int, parent: int) -> None:
     """Worker loop: build one env, then answer (command, argument) messages until 'close'."""
-    from runtime import die_with_parent
+    from tools import die_with_parent
 
     die_with_parent(parent)  # even a worker stuck in a step, which never reads the closed pipe
     # Ctrl-C reaches the whole process group; the parent handles it and closes the workers.

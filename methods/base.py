@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 import configs
-import runtime
-from cli import UsageError
-from contract import OBS_KEYS
+import tools
+from tools import OBS_KEYS, UsageError
 
 
 class MethodError(UsageError, ValueError):
@@ -182,7 +181,7 @@ class TeacherMethod(Method):
         a CUDA GPU that supports it); elsewhere bf16 is emulated and would be slower than float32."""
         if self.teacher_precision != "auto":
             return self.teacher_precision == "16"
-        return runtime.native_bf16(device)
+        return tools.native_bf16(device)
 
     @torch.no_grad()
     def reward_relevance(self, data: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

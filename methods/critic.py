@@ -13,7 +13,6 @@ also keeps that regression on during the online phase under the relevance views;
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .base import MethodError
 from .policy import BehaviourMethod
@@ -32,14 +31,14 @@ class Critic(BehaviourMethod):
             raise MethodError(f"critic_warmup and critic_value_coef must be >= 0, got {self.warmup_updates}, "
                               f"{self.value_coef}")
         # The critic hook exists only when it has a weight online (a hook that is None is never called).
-        self.critic_loss = self._value_regression if self.value_coef > 0 else None
+        self.critic_loss = self.value_regression if self.value_coef > 0 else None
         self.register_buffer("warmed", torch.zeros((), dtype=torch.long))  # warm-up updates done (resume)
 
     def actor_loss(self, data: dict, feat: torch.Tensor, actor, step: int, task=None) -> tuple[torch.Tensor, dict]:
         data, feat = self.subset(data, feat)
-        return self.run_update(lambda: self._ascend(data, feat, actor, task), feat, step)
+        return self.run_update(lambda: self.ascend(data, feat, actor, task), feat, step)
 
-    def _ascend(self, data, feat, actor, task):
+    def ascend(self, data, feat, actor, task):
         state, ids, w, labels, names, values = self.views(data, task)
         mine = actor(feat).mode()  # (B, T, A)
         action = mine.unsqueeze(0).expand(state.shape[0], *mine.shape)  # (V, B, T, A)
@@ -47,7 +46,7 @@ class Critic(BehaviourMethod):
         raw = -(w * q).sum()
         return raw, names + [f"distill/teacher_q_{label}" for label in labels], values + list(q.detach())
 
-    def _value_regression(self, data: dict, feat: torch.Tensor, critic, step: int, task=None, coef=None):
+    def value_regression(self, data: dict, feat: torch.Tensor, critic, step: int, task=None, coef=None):
         """0.5 * mean (V_S(s_t) - Q_T(o_t, a_t, k))^2 over the views (weights w), a_t the action the data
         took in state t (`action[t + 1]`), so the last position of each window has none."""
         # The actor hook of the same update already moved the relevance EMA with this batch.
@@ -67,52 +66,3 @@ class Critic(BehaviourMethod):
     def warmup_due(self) -> int:
         """Warm-up updates still to run (0 once done; resumed runs do not repeat it)."""
         return max(self.warmup_updates - int(self.warmed), 0)
-
-    def source_batches(self, config):
-        """Task-balanced batches of the source datasets for the warm-up: the folders of `source_task_dirs`
-        when given, else those the teacher was pretrained on (its stored config)."""
-        import configs
-        from cli import UsageError
-        from training.sources import TaskBatcher, load_sources, model_keys
-
-        dirs = list(config["source_task_dirs"]) or list(self.teacher.config["source_task_dirs"])
-        cfg = configs.Config({**config, "source_tasks": list(self.task_names), "source_task_dirs": dirs})
-        try:
-            sources, _, _ = load_sources(cfg)
-            keys = model_keys(cfg.obs)
-            return TaskBatcher(sources, cfg.batch_size, cfg.batch_length, int(cfg.seed) + 17, "mixed", keys)
-        except UsageError as err:
-            raise MethodError(f"--critic_warmup needs the source datasets ({err}); pass their folders with "
-                              f"--source_task_dirs in the teacher's task order {list(self.task_names)}") from None
-
-    def warmup(self, agent, batches, log=print) -> dict:
-        """Run the remaining warm-up updates on source batches (`batches.sample(i)` -> numpy (B, T, ...) with
-        'task' (B,)): world model, actor (ascend Q_T) and critic (regress Q_T) of `agent`. Returns the last
-        update's metrics."""
-        from models.behavior import Behavior
-
-        wm, beh, c = agent.wm, agent.behavior, agent.config
-        metrics: dict = {}
-        start = int(self.warmed)
-        for i in range(start, self.warmup_updates):
-            data = wm.preprocess(batches.sample(i))
-            loss, metrics, post = wm.loss(data)
-            agent.wm_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(wm.parameters(), c["model_grad_clip"])
-            agent.wm_opt.step()
-            feat = wm.dynamics.get_feat(post).detach()
-            actor_loss = self._ascend(data, feat, beh.actor, data["task"])[0]
-            Behavior._update(beh.actor_opt, beh.actor, actor_loss, c["actor_grad_clip"])
-            critic_loss, _ = self._value_regression(data, feat, beh.critic, 0, data["task"], coef=1.0)
-            Behavior._update(beh.critic_opt, beh.critic, critic_loss, c["critic_grad_clip"])
-            self.warmed.fill_(i + 1)
-            metrics = {**metrics, "warmup/actor_loss": float(actor_loss.detach()),
-                       "warmup/critic_loss": float(critic_loss.detach())}
-        with torch.no_grad():  # the online phase starts from the warmed critic
-            for slow, fast in zip(beh.slow_critic.parameters(), beh.critic.parameters()):
-                slow.copy_(fast)
-        if self.warmup_updates > start:
-            log(f"[distill] critic warm-up: {self.warmup_updates - start} updates on source data "
-                f"(actor loss {metrics['warmup/actor_loss']:.3g}, critic loss {metrics['warmup/critic_loss']:.3g})")
-        return metrics

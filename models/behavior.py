@@ -277,14 +277,14 @@ class Behavior(nn.Module):
         if actor_extra is not None:
             extra, extra_metrics = actor_extra(self.actor)
             actor_loss = actor_loss + extra
-        actor_norm = self._update(self.actor_opt, self.actor, actor_loss, c["actor_grad_clip"])
+        actor_norm = self.optimizer_step(self.actor_opt, self.actor, actor_loss, c["actor_grad_clip"])
 
         value = self.critic(feats[:-1].detach())  # (Hz, M)
         critic_loss = (weight * 0.5 * (value - target.detach()) ** 2).mean()
         if critic_extra is not None:
             extra, more = critic_extra(self.critic)
             critic_loss, extra_metrics = critic_loss + extra, {**extra_metrics, **more}
-        critic_norm = self._update(self.critic_opt, self.critic, critic_loss, c["critic_grad_clip"])
+        critic_norm = self.optimizer_step(self.critic_opt, self.critic, critic_loss, c["critic_grad_clip"])
         self._update_slow_critic()
 
         values = {
@@ -299,7 +299,7 @@ class Behavior(nn.Module):
         return metrics
 
     @staticmethod
-    def _update(opt: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, clip: float) -> torch.Tensor:
+    def optimizer_step(opt: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, clip: float) -> torch.Tensor:
         """Backward, clip, step. A non-finite loss or gradient skips the step (the returned norm is then
         non-finite and shows up in the logged metrics) instead of writing NaNs into the weights."""
         opt.zero_grad(set_to_none=True)

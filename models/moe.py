@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contract import OBS_MODES, STATE_DIM
+from tools import OBS_MODES, STATE_DIM
 
 from .networks import MLP, ConvEncoder, MLPEncoder, TaskBlocks, activation, task_rows
 

@@ -6,7 +6,7 @@ import pathlib
 
 import torch
 
-import checkpoint
+import tools
 
 from .world_model import TEACHER_ARCH_KEYS, TeacherWorldModel
 
@@ -19,12 +19,12 @@ def _builtin(value):
         return {str(k): _builtin(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_builtin(v) for v in value]
-    return checkpoint.to_builtin(value)
+    return tools.to_builtin(value)
 
 
 def teacher_payload(model: TeacherWorldModel, optimizer: torch.optim.Optimizer | None, step: int,
                     config: dict, extra: dict | None = None) -> dict:
-    """Checkpoint dict for `checkpoint.save`: weights, optimizer state, step, the full resolved
+    """Checkpoint dict for `tools.save_checkpoint`: weights, optimizer state, step, the full resolved
     config and the facts every consumer of the teacher must agree on."""
     return {
         "kind": KIND,
@@ -56,39 +56,39 @@ def load_teacher(path: str | pathlib.Path, device: str | torch.device = "cpu",
     """Rebuild the teacher from `path` and load its weights strictly (weights_only file loading).
 
     `expect` maps checkpoint facts or config keys (e.g. {'teacher_encoder_mode': 'moe'}) to the
-    values the caller relies on; any disagreement is a `checkpoint.CheckpointError` naming it.
+    values the caller relies on; any disagreement is a `tools.CheckpointError` naming it.
     Returns (model in eval mode on `device`, meta) where meta holds every payload entry except the
     weights and optimizer state.
     """
-    payload = checkpoint.load(path, map_location=device)
+    payload = tools.load_checkpoint(path, map_location=device)
     if payload.get("kind") != KIND:
-        raise checkpoint.CheckpointError(f"{path}: not a teacher checkpoint (kind {payload.get('kind')!r})")
+        raise tools.CheckpointError(f"{path}: not a teacher checkpoint (kind {payload.get('kind')!r})")
     for key in ("model", "config", "source_tasks", "encoder_mode", "moe_temperature", "act_dim", "obs_shapes", "step"):
         if key not in payload:
-            raise checkpoint.CheckpointError(f"{path}: teacher checkpoint lacks '{key}'")
+            raise tools.CheckpointError(f"{path}: teacher checkpoint lacks '{key}'")
     config = payload["config"]
     facts = {"source_tasks": payload["source_tasks"], "teacher_encoder_mode": payload["encoder_mode"],
              "moe_temperature": payload["moe_temperature"]}
     inconsistent = config_mismatches(config, facts, facts.keys())
     if inconsistent:
-        raise checkpoint.CheckpointError(f"{path}: stored config disagrees with the stored facts: {inconsistent}")
+        raise tools.CheckpointError(f"{path}: stored config disagrees with the stored facts: {inconsistent}")
     if expect:
         known = {**config, **{k: v for k, v in payload.items() if k not in ("model", "optimizer", "config")}}
         unknown = [k for k in expect if k not in known]
         if unknown:
-            raise checkpoint.CheckpointError(f"{path}: cannot check unknown teacher keys {unknown}")
+            raise tools.CheckpointError(f"{path}: cannot check unknown teacher keys {unknown}")
         bad = config_mismatches(known, expect, expect.keys())
         if bad:
-            raise checkpoint.CheckpointError(f"{path}: teacher does not match what is expected: {bad}")
+            raise tools.CheckpointError(f"{path}: teacher does not match what is expected: {bad}")
     try:
         model = TeacherWorldModel(config, payload["act_dim"], {k: tuple(v) for k, v in payload["obs_shapes"].items()})
     except (KeyError, ValueError, TypeError) as err:
-        raise checkpoint.CheckpointError(f"{path}: cannot rebuild the teacher from its stored config ({err})") from None
+        raise tools.CheckpointError(f"{path}: cannot rebuild the teacher from its stored config ({err})") from None
     model.to(device)
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as err:
-        raise checkpoint.CheckpointError(f"{path}: weights do not fit the teacher built from its config: "
+        raise tools.CheckpointError(f"{path}: weights do not fit the teacher built from its config: "
                                          f"{' '.join(str(err).split())[:2000]}") from None
     model.eval()
     meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer")}

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import runtime
-from contract import OBS_KEYS, STATE_DIM
+import tools
+from tools import OBS_KEYS, STATE_DIM
 
 from .moe import LabelCNNEncoder, OrthogonalMoEEncoder, mean_abs_cosine
 from .networks import (MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, TaskBlocks, bernoulli_nll,
@@ -94,7 +94,7 @@ class _Base(nn.Module):
         """bf16 autocast with precision 16 on a device with native bf16 (CUDA; a CPU with AVX-512 BF16 or
         AMX); a no-op otherwise, where bf16 would be emulated (float32 then)."""
         device = self.device
-        if self.precision == 16 and runtime.native_bf16(device):
+        if self.precision == 16 and tools.native_bf16(device):
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

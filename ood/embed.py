@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import replay
-from contract import EPISODE_KEYS, OBS_KEYS, success_any, success_final
+from tools import EPISODE_KEYS, OBS_KEYS, success_any, success_final
 
 from .sources import OODInputError
 

@@ -13,9 +13,8 @@ from typing import Sequence
 import numpy as np
 
 import configs
-from logger import wandb_settings
-import runtime
-from contract import SUCCESS_RULES
+from tools import SUCCESS_RULES, wandb_settings
+import tools
 
 from . import report as report_io
 from . import stats, summary
@@ -308,9 +307,9 @@ def write_plots(out: pathlib.Path, report: dict, tasks, emb: Embedded, scored: S
 def run(config) -> dict:
     """Run the whole detection and write every output; returns the report dict."""
     check_settings(config)
-    runtime.set_seed(int(config.seed))
-    device = runtime.get_device(config.device)
-    runtime.set_threads(config.ood_threads)
+    tools.set_seed(int(config.seed))
+    device = tools.get_device(config.device)
+    tools.set_threads(config.ood_threads)
     out = pathlib.Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     configs.record_config(config, out)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fileio import atomic_write
+from tools import atomic_write
 
 from . import stats
 from .detector import SCORES
@@ -190,7 +190,7 @@ def plot_bins(bins: list[dict], flag_score: str, path: pathlib.Path) -> np.ndarr
 def write_tensorboard(out: pathlib.Path, report: dict, images: dict[str, np.ndarray], wandb: dict | None = None) -> None:
     """Aggregate scalars and the plots at step 0; per-bin scalars with the bin as the step (W&B too when
     `wandb` holds its settings)."""
-    from logger import Logger
+    from tools import Logger
 
     logger = Logger(out, wandb=wandb)
     try:

@@ -11,8 +11,7 @@ from typing import Sequence
 import numpy as np
 
 import replay
-from cli import UsageError
-from contract import prefill_episode
+from tools import UsageError, prefill_episode
 from envs.tasks import TaskNameError, canonical_task, task_dir_name
 
 

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from cli import UsageError
+from tools import UsageError
 
 from .episodes import episode_length, load_dir, validate
 

@@ -15,9 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from cli import UsageError
-from contract import ACTION_DIM, EPISODE_KEYS, OBS_KEYS
-from fileio import atomic_write
+from tools import ACTION_DIM, EPISODE_KEYS, OBS_KEYS, UsageError, atomic_write
 
 # key -> (dtype, trailing shape or None when any trailing shape is allowed)
 SCHEMA = {

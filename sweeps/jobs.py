@@ -55,10 +55,10 @@ def as_args(flags: dict) -> list[str]:
 def for_stage(script: str, flags: dict) -> dict:
     """The shared `flags` that `script` reads. A key of another stage is left out (the stage would only warn
     that it has no effect); a key no stage knows stays, so a typo still fails with the stage's own error."""
-    import stage_flags
+    import configs
 
-    known = stage_flags.describe(stage_flags.CONFIG_FILE)
-    mine = set(stage_flags.stage_keys(script, stage_flags.CONFIG_FILE))
+    known = configs.describe(configs.CONFIG_FILE)
+    mine = set(configs.stage_keys(script, configs.CONFIG_FILE))
     return {k: v for k, v in flags.items() if k == "configs" or k not in known or k in mine}
 
 

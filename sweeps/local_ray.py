@@ -17,7 +17,7 @@ import signal
 import time
 import uuid
 
-from cli import UsageError
+from tools import UsageError
 
 MARK = "COMET_SWEEP_SESSION"
 JOB_MARK = "COMET_SWEEP_JOB"  # set by sweeps.task in the environment of the stage scripts it starts

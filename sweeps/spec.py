@@ -9,7 +9,7 @@ import difflib
 import pathlib
 from typing import Any
 
-from cli import UsageError
+from tools import UsageError
 
 TOP_KEYS = {"root", "resources", "flags", "collect", "teachers", "students", "ood", "report"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}

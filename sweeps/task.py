@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections import deque
 
-import runtime
+import tools
 
 TAIL_LINES = 20
 TERM_GRACE_S = 60  # a stage script saves its checkpoint on SIGINT (Ctrl-C); give it time before SIGKILL
@@ -24,7 +24,7 @@ def _die_with_parent(parent: int):
     """
     def hook():
         os.setpgrp()
-        runtime.die_with_parent(parent, signal.SIGINT)
+        tools.die_with_parent(parent, signal.SIGINT)
     return hook
 
 

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+import tools
 import dreamer_distill
-import evaluate
-import export_policy
-import quantize
+from artefacts import cli as artefacts_cli
 import configs
 from artefacts import evaluation, export, measure, student, variants
 
@@ -42,8 +40,8 @@ def test_evaluate_same_seed_gives_identical_json_csv_videos_and_tensorboard(trai
     path = trained[0]
     outs = [tmp_path / "a", tmp_path / "b"]
     common = ["--checkpoint", str(path), "--episodes", "3", "--seed", "5", "--envs", "2"]
-    assert evaluate.main([*common, "--out", str(outs[0]), "--logdir", str(tmp_path / "tb"), "--video_episodes", "3"]) == 0
-    assert evaluate.main([*common, "--out", str(outs[1]), "--video_episodes", "0"]) == 0
+    assert artefacts_cli.main(["evaluate", *common, "--out", str(outs[0]), "--logdir", str(tmp_path / "tb"), "--video_episodes", "3"]) == 0
+    assert artefacts_cli.main(["evaluate", *common, "--out", str(outs[1]), "--video_episodes", "0"]) == 0
     a, b = ((o / "summary.json").read_text() for o in outs)
     assert a == b
     summary = json.loads(a)
@@ -83,13 +81,13 @@ def test_a_foreign_file_or_a_teacher_checkpoint_is_one_clear_line(trained, tmp_p
     config = configs.load_config(["--configs", "defaults", "metaworld", "metaworld_state", "debug",
                                 "--source_tasks", "metaworld_reach"]).to_dict()
     teacher = tmp_path / "teacher.pt"
-    checkpoint.save(teacher, teacher_payload(TeacherWorldModel(config, 4), None, 0, config))
+    tools.save_checkpoint(teacher, teacher_payload(TeacherWorldModel(config, 4), None, 0, config))
     for path, words in ((foreign, "cannot be loaded"), (teacher, "a teacher checkpoint"),
                         (tmp_path / "missing.pt", "not found")):
-        assert evaluate.main(["--checkpoint", str(path)]) == 2
+        assert artefacts_cli.main(["evaluate", "--checkpoint", str(path)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and str(path) in err, err
-    assert evaluate.main(["--checkpoint", str(trained[0]), "--task", "reach_nowhere"]) == 2
+    assert artefacts_cli.main(["evaluate", "--checkpoint", str(trained[0]), "--task", "reach_nowhere"]) == 2
     assert "--task" in capsys.readouterr().err
 
 
@@ -127,22 +125,22 @@ def test_each_variant_file_loads_and_acts_close_to_fp32(trained, tmp_path):
 
 def test_quantize_writes_a_table_and_variants_evaluate_accepts(trained, tmp_path, capsys):
     out = tmp_path / "q"
-    assert quantize.main(["--checkpoint", str(trained[0]), "--out", str(out), "--episodes", "2",
+    assert artefacts_cli.main(["quantize", "--checkpoint", str(trained[0]), "--out", str(out), "--episodes", "2",
                           "--variants", "fp32,int8_wo", "--no_compile", "--calls", "5"]) == 0
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["fp32", "int8_wo"]
     assert rows[0]["success_diff"] == 0.0 and rows[1]["param_bytes"] < rows[0]["param_bytes"]
     assert "| int8_wo |" in (out / "table.md").read_text()
-    assert evaluate.main(["--checkpoint", str(out / "int8_wo.pt"), "--episodes", "1", "--out", str(tmp_path / "e")]) == 0
+    assert artefacts_cli.main(["evaluate", "--checkpoint", str(out / "int8_wo.pt"), "--episodes", "1", "--out", str(tmp_path / "e")]) == 0
     assert "variant int8_wo" in json.loads((tmp_path / "e" / "summary.json").read_text())["protocol"]["policy"]
-    assert quantize.main(["--checkpoint", str(out / "int8_wo.pt"), "--out", str(tmp_path / "r")]) == 2
+    assert artefacts_cli.main(["quantize", "--checkpoint", str(out / "int8_wo.pt"), "--out", str(tmp_path / "r")]) == 2
     assert "already a variant" in capsys.readouterr().err
 
 
 def test_exported_policy_gives_the_checkpoints_actions_without_the_repository(trained, tmp_path):
     _, _, agent, recorded = trained
     base = variants.make(agent, "fp32")
-    assert export_policy.main(["--checkpoint", str(trained[0]), "--out", str(tmp_path / "policy.pt2")]) == 0
+    assert artefacts_cli.main(["export", "--checkpoint", str(trained[0]), "--out", str(tmp_path / "policy.pt2")]) == 0
     file = tmp_path / "policy.pt2"
     ref = measure.replay_actions(base, base, recorded)
     assert np.array_equal(measure.replay_actions(export.load(file), base, recorded), ref)

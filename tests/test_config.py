@@ -4,7 +4,7 @@ import pathlib
 import pytest
 
 import configs
-import runtime
+import tools
 
 
 def test_blocks_merge_left_to_right():
@@ -89,5 +89,5 @@ def test_cuda_request_without_cuda_is_an_error():
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(configs.ConfigError, match="CUDA is not available"):
-        runtime.get_device("cuda:0")
+    with pytest.raises(tools.UsageError, match="CUDA is not available"):
+        tools.get_device("cuda:0")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+import tools
 import configs
-from agent import Agent
+from models.agent import Agent
 from bench import distill_step, teacher_step
 from models import TeacherWorldModel, compile_heavy
 
@@ -82,8 +82,8 @@ def test_checkpoint_written_on_the_device_loads_on_the_cpu(device, tmp_path):
     config = pixel_config(device)
     agent, _ = distill_step.build(config, None, None, device, seed=0)
     agent.train(distill_step.make_batch(config, np.random.default_rng(0)), 0)
-    checkpoint.save(tmp_path / "latest.pt", {"agent": agent.state_dict()})
-    payload = checkpoint.load(tmp_path / "latest.pt", "cpu")
+    tools.save_checkpoint(tmp_path / "latest.pt", {"agent": agent.state_dict()})
+    payload = tools.load_checkpoint(tmp_path / "latest.pt", "cpu")
     cpu_agent = Agent({**config, "device": "cpu"}, None, A, "cpu")
     cpu_agent.load_state_dict(payload["agent"])
     for (name, a), b in zip(agent.wm.state_dict().items(), cpu_agent.wm.state_dict().values()):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import checkpoint
+import tools
 import configs
 import envs
 from methods import MethodError, build_method, check_compatible
@@ -189,7 +189,7 @@ def test_prune_threshold_keeps_tasks_whose_ema_is_high_enough():
 
 
 def test_pruning_events_are_logged_once_even_when_the_logger_comes_late(tmp_path, capsys):
-    from logger import Logger
+    from tools import Logger
 
     _, _, wm, d = make_pair(3, "--prune_every", "1", "--min_active_tasks", "1")
     d.verbose = True
@@ -344,17 +344,17 @@ def test_reward_mode_picks_its_view_among_the_active_ones():
 # --- loading and compatibility ------------------------------------------------------------------------
 
 def _save_teacher(path: pathlib.Path, config, teacher) -> pathlib.Path:
-    return checkpoint.save(path, teacher_payload(teacher, None, 3, config))
+    return tools.save_checkpoint(path, teacher_payload(teacher, None, 3, config))
 
 
 def _agent(config):
-    from agent import Agent
+    from models.agent import Agent
 
     return Agent(config, None, A, "cpu")
 
 
 def test_build_distiller_strict_load_and_clear_errors(tmp_path):
-    from cli import UsageError
+    from tools import UsageError
     from training.student import build_distiller
 
     tconfig, teacher = make_teacher(3)
@@ -371,7 +371,7 @@ def test_build_distiller_strict_load_and_clear_errors(tmp_path):
     # A file whose weights do not fit the architecture in its stored config.
     payload = teacher_payload(teacher, None, 3, tconfig)
     payload["config"]["dyn_deter"] = 20
-    checkpoint.save(tmp_path / "bad.pt", payload)
+    tools.save_checkpoint(tmp_path / "bad.pt", payload)
     with pytest.raises(UsageError, match="do not fit"):
         build_distiller({**config, "teacher_model_path": str(tmp_path / "bad.pt")}, agent, "cpu")
     with pytest.raises(UsageError, match="teacher_model_path"):
@@ -392,7 +392,7 @@ def test_build_distiller_strict_load_and_clear_errors(tmp_path):
 
 
 def test_pixel_teacher_with_state_student_is_rejected_at_build_time(tmp_path):
-    from cli import UsageError
+    from tools import UsageError
     from training.student import build_distiller
 
     tconfig, teacher = make_teacher(2, obs="pixel")
@@ -475,7 +475,7 @@ def test_each_distill_mode_runs_end_to_end(teachers, mode, teacher):
                                      "--logdir", str(logdir), "--prune_every", "3", "--min_active_tasks", "1",
                                      "--steps", "200"])
         assert code == 0
-        payload = checkpoint.load(logdir / "latest.pt")
+        payload = tools.load_checkpoint(logdir / "latest.pt")
         assert payload["agent"]["distiller"]["active"].tolist() == [False, True] or \
             payload["agent"]["distiller"]["active"].tolist() == [True, False]
 

@@ -44,7 +44,7 @@ def test_state_run_logs_an_eval_video(state_run):
 def test_train_episode_figures_leave_out_the_prefill_episodes(state_run):
     """The first two episodes (began at env steps 0 and 40 < prefill 80) are random-action data: the `train/`
     episode figures in metrics.jsonl and TensorBoard hold only the last two, the policy's."""
-    from contract import success_any
+    from tools import success_any
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     episodes = [ep for _, ep in sorted(replay.load_dir(state_run / "train_eps").items())]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import configs
-from logger import Logger, wandb_settings
+from tools import Logger, wandb_settings
 
 
 def tensorboard_tags(logdir):
@@ -78,7 +78,7 @@ def test_wandb_offline_run_holds_scalars_videos_and_events(tmp_path):
 
 
 def test_open_loop_rows_are_labelled():
-    from logger import label_rows
+    from tools import label_rows
 
     strip = np.full((2, 5, 3 * 16, 16, 3), 128, np.uint8)  # (B, T, 3H, W, 3): truth / model / error
     out = label_rows(strip, ("truth", "model", "error"), width=40)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+import tools
 import methods
 import configs
 from methods import behaviour
+from training import behaviour as behaviour_fit
 from models.teacher_io import load_teacher, teacher_payload
 from models.world_model import TeacherWorldModel
 
@@ -38,8 +39,8 @@ def source(tmp_path_factory):
                        "0.1", "--workers", "1", "--out", str(root / "data"), "--seed", "0",
                        "--configs", "defaults", "metaworld_state", "--progress", "False"])
     dirs = [str(root / "data" / "reach"), str(root / "data" / "push")]
-    data = behaviour.load_transitions(TASKS.split(","), dirs)
-    parts = [behaviour.split(d, 0.34, 0) for d in data]
+    data = behaviour_fit.load_transitions(TASKS.split(","), dirs)
+    parts = [behaviour_fit.split(d, 0.34, 0) for d in data]
     return {"root": root, "dirs": dirs, "train": [p[0] for p in parts], "held": [p[1] for p in parts]}
 
 
@@ -63,7 +64,7 @@ def test_unknown_distill_mode_is_one_line_naming_the_known_ones(tmp_path, capsys
 
     teacher = tmp_path / "t.pt"
     cfg = config("--source_tasks", TASKS)
-    checkpoint.save(teacher, teacher_payload(TeacherWorldModel(cfg, A), None, 0, cfg))
+    tools.save_checkpoint(teacher, teacher_payload(TeacherWorldModel(cfg, A), None, 0, cfg))
     code = dreamer_distill.main([*TINY, "--use_distill", "True", "--distill_mode", "polytask",
                                  "--teacher_model_path", str(teacher), "--logdir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -86,13 +87,13 @@ def _grads(agent, module, data, post, step=0) -> list[torch.Tensor]:
 
 def _same_agents(source, modes: dict):
     """Agents with identical weights and optimizer states: 'plain' (no method) and one per {label: flags}."""
-    from agent import Agent
+    from models.agent import Agent
 
     cfg = config("--source_tasks", TASKS)
     torch.manual_seed(0)
     teacher = TeacherWorldModel(cfg, A).eval()
-    teachers = behaviour.BehaviourTeachers(actor=behaviour.fit_actor(source["train"], 5, units=16),
-                                           critic=behaviour.fit_critic(source["train"], 5, 0.99, units=16))
+    teachers = behaviour.BehaviourTeachers(actor=behaviour_fit.fit_actor(source["train"], 5, units=16),
+                                           critic=behaviour_fit.fit_critic(source["train"], 5, 0.99, units=16))
     agents = {}
     for name, flags in {"plain": None, **modes}.items():
         torch.manual_seed(1)
@@ -142,9 +143,9 @@ def test_the_critic_hook_exists_only_with_a_weight_and_is_the_only_one_to_reach_
 # --- behaviour teachers --------------------------------------------------------------------------------
 
 def test_relabelled_behaviour_cloning_halves_the_held_out_action_error(source):
-    before = behaviour.action_error(behaviour.fit_actor(source["train"], 0, batch=64, units=64), source["held"])
-    actor = behaviour.fit_actor(source["train"], 400, batch=64, units=64)
-    after = behaviour.action_error(actor, source["held"])
+    before = behaviour_fit.action_error(behaviour_fit.fit_actor(source["train"], 0, batch=64, units=64), source["held"])
+    actor = behaviour_fit.fit_actor(source["train"], 400, batch=64, units=64)
+    after = behaviour_fit.action_error(actor, source["held"])
     for b, a in zip(before, after):
         assert a < 0.5 * b, (before, after)
     # The labels are the experts' actions, not the noisy ones in the files.
@@ -153,8 +154,8 @@ def test_relabelled_behaviour_cloning_halves_the_held_out_action_error(source):
 
 
 def test_teacher_critic_ranks_expert_actions_above_random_ones_on_held_out_states(source):
-    critic = behaviour.fit_critic(source["train"], 400, 0.99, batch=64, units=64)
-    ranking = behaviour.expert_ranking(critic, source["held"])
+    critic = behaviour_fit.fit_critic(source["train"], 400, 0.99, batch=64, units=64)
+    ranking = behaviour_fit.expert_ranking(critic, source["held"])
     assert all(r > 0.8 for r in ranking), ranking
     assert float(critic.value_scale) > 1.0  # values come back in reward units
 
@@ -179,17 +180,17 @@ def test_checkpoint_with_behaviour_teachers_round_trips_and_loads_strictly(teach
     teacher, meta = load_teacher(teacher_file)
     teachers = behaviour.load(meta, teacher_file)
     assert isinstance(teachers.actor, behaviour.TeacherActor) and isinstance(teachers.critic, behaviour.TeacherCritic)
-    stored = checkpoint.load(teacher_file)["behaviour"]
+    stored = tools.load_checkpoint(teacher_file)["behaviour"]
     for kind in ("actor", "critic"):
         for name, value in getattr(teachers, kind).state_dict().items():
             assert torch.equal(value, stored[kind]["state_dict"][name]), (kind, name)
     # Fitted, not initial: the stored actor imitates the expert on held-out states.
-    assert max(behaviour.action_error(teachers.actor, source["held"])) < 0.15
+    assert max(behaviour_fit.action_error(teachers.actor, source["held"])) < 0.15
     # Strict: a missing weight is an error naming the file.
-    payload = checkpoint.load(teacher_file)
+    payload = tools.load_checkpoint(teacher_file)
     payload["behaviour"]["actor"]["state_dict"].pop("mean")
-    bad = checkpoint.save(tmp_path / "bad.pt", payload)
-    with pytest.raises(checkpoint.CheckpointError, match="bad.pt.*behaviour actor"):
+    bad = tools.save_checkpoint(tmp_path / "bad.pt", payload)
+    with pytest.raises(tools.CheckpointError, match="bad.pt.*behaviour actor"):
         behaviour.load(load_teacher(bad)[1], bad)
 
 
@@ -207,14 +208,14 @@ def test_policy_and_critic_modes_run_end_to_end_and_resume(teacher_file, mode, e
     losses = [r["train/distill/loss"] for r in rows if "train/distill/loss" in r]
     assert losses and all(np.isfinite(losses))
     assert any("eval/success_any" in r for r in rows)
-    first = checkpoint.load(logdir / "latest.pt")
+    first = tools.load_checkpoint(logdir / "latest.pt")
     if mode == "critic":
         assert int(first["agent"]["distiller"]["warmed"]) == 3
         assert "critic warm-up: 3 updates" in capsys.readouterr().out
     assert dreamer_distill.main([*args, "--steps", "240"]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "warm-up" not in out  # the warm start is not repeated
-    last = checkpoint.load(logdir / "latest.pt")
+    last = tools.load_checkpoint(logdir / "latest.pt")
     assert last["step"] > first["step"] and last["agent"]["distiller"]["updates"] > first["agent"]["distiller"]["updates"]
 
 
@@ -224,7 +225,7 @@ def test_policy_mode_with_a_teacher_without_an_actor_is_one_clear_line(source, t
     import dreamer_distill
 
     cfg = config("--source_tasks", TASKS)
-    path = checkpoint.save(tmp_path / "plain.pt", teacher_payload(TeacherWorldModel(cfg, A), None, 0, cfg))
+    path = tools.save_checkpoint(tmp_path / "plain.pt", teacher_payload(TeacherWorldModel(cfg, A), None, 0, cfg))
     code = dreamer_distill.main([*TINY, "--use_distill", "True", "--distill_mode", "policy",
                                  "--teacher_model_path", str(path), "--logdir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -239,7 +240,7 @@ def test_teacher_actor_with_another_action_size_is_one_clear_line(source, tmp_pa
     actor = behaviour.TeacherActor(39, 3, 2, 8, 1)
     payload = teacher_payload(TeacherWorldModel(cfg, A), None, 0, cfg,
                               {"behaviour": behaviour.payload(behaviour.BehaviourTeachers(actor=actor))})
-    path = checkpoint.save(tmp_path / "act3.pt", payload)
+    path = tools.save_checkpoint(tmp_path / "act3.pt", payload)
     code = dreamer_distill.main([*TINY, "--use_distill", "True", "--distill_mode", "policy",
                                  "--teacher_model_path", str(path), "--logdir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -266,4 +267,4 @@ def test_behaviour_teachers_on_pixel_only_data_are_one_clear_error():
     episode = {"image": np.zeros((3, 64, 64, 3), np.uint8), "action": np.zeros((3, A), np.float32),
                "reward": np.zeros(3, np.float32), "discount": np.ones(3, np.float32)}
     with pytest.raises(behaviour.BehaviourError, match="--obs state or --obs both"):
-        behaviour.task_transitions({"ep": episode}, "metaworld_reach", "data/reach")
+        behaviour_fit.task_transitions({"ep": episode}, "metaworld_reach", "data/reach")

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+import tools
 import configs
-import runtime
 from models import (RSSM, BatchedConvExperts, BatchedMLPExperts, ConvDecoder, ConvEncoder, LabelCNNEncoder,
                     MLPDecoder, MLPEncoder, OrthogonalMoEEncoder, TeacherWorldModel, WorldModel, gram_schmidt,
                     gram_schmidt_vectors,                     load_teacher, mean_abs_cosine, teacher_payload)
@@ -307,7 +306,7 @@ def test_teacher_save_load_roundtrip_and_mismatch(tmp_path):
     loss, _, _ = teacher.loss(data)
     loss.backward()
     optimizer.step()
-    path = checkpoint.save(tmp_path / "teacher.pt", teacher_payload(teacher, optimizer, 7, config))
+    path = tools.save_checkpoint(tmp_path / "teacher.pt", teacher_payload(teacher, optimizer, 7, config))
     raw = torch.load(path, weights_only=True)  # plain tensors and builtins only
     assert raw["step"] == 7 and raw["source_tasks"] == ["task0", "task1"] and raw["moe_temperature"] == 2.0
     assert raw["encoder_mode"] == "moe" and raw["format_version"] >= 1
@@ -319,28 +318,28 @@ def test_teacher_save_load_roundtrip_and_mismatch(tmp_path):
         torch.testing.assert_close(loaded.task_features(data, [0, 1]), teacher.task_features(data, [0, 1]),
                                    rtol=0, atol=0)
 
-    with pytest.raises(checkpoint.CheckpointError, match="moe_temperature"):
+    with pytest.raises(tools.CheckpointError, match="moe_temperature"):
         load_teacher(path, "cpu", expect={"moe_temperature": 1.0})
-    with pytest.raises(checkpoint.CheckpointError, match="teacher_encoder_mode"):
+    with pytest.raises(tools.CheckpointError, match="teacher_encoder_mode"):
         load_teacher(path, "cpu", expect={"teacher_encoder_mode": "label_cnn"})
     # Weights that do not fit the stored config (e.g. a label_cnn teacher's config on MoE weights).
     broken = dict(raw)
     broken["config"] = dict(raw["config"], teacher_encoder_mode="label_cnn")
     broken["encoder_mode"] = "label_cnn"
-    checkpoint.save(tmp_path / "broken.pt", {k: v for k, v in broken.items() if k != "format_version"})
-    with pytest.raises(checkpoint.CheckpointError, match="weights do not fit"):
+    tools.save_checkpoint(tmp_path / "broken.pt", {k: v for k, v in broken.items() if k != "format_version"})
+    with pytest.raises(tools.CheckpointError, match="weights do not fit"):
         load_teacher(tmp_path / "broken.pt")
     # Stored facts that contradict the stored config.
     liar = dict(raw, moe_temperature=1.0)
-    checkpoint.save(tmp_path / "liar.pt", {k: v for k, v in liar.items() if k != "format_version"})
-    with pytest.raises(checkpoint.CheckpointError, match="moe_temperature"):
+    tools.save_checkpoint(tmp_path / "liar.pt", {k: v for k, v in liar.items() if k != "format_version"})
+    with pytest.raises(tools.CheckpointError, match="moe_temperature"):
         load_teacher(tmp_path / "liar.pt")
-    checkpoint.save(tmp_path / "student.pt", {"kind": "student", "model": {}, "step": 0})
-    with pytest.raises(checkpoint.CheckpointError, match="not a teacher"):
+    tools.save_checkpoint(tmp_path / "student.pt", {"kind": "student", "model": {}, "step": 0})
+    with pytest.raises(tools.CheckpointError, match="not a teacher"):
         load_teacher(tmp_path / "student.pt")
 
 
-@pytest.mark.skipif(not runtime.native_bf16("cpu"), reason="this CPU has no native bf16 (precision 16 is float32 here)")
+@pytest.mark.skipif(not tools.native_bf16("cpu"), reason="this CPU has no native bf16 (precision 16 is float32 here)")
 def test_precision_16_on_a_native_bf16_cpu_is_bf16_and_close_to_float32():
     """`--precision 16` on a CPU with native bf16 runs the teacher's convolutions in bf16 (what makes its
     pretraining faster, docs/benchmarks.md) while the loss and gradients stay close to float32's."""

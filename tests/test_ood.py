@@ -302,7 +302,7 @@ def test_pixel_episodes_for_state_teacher(synthetic, tmp_path, monkeypatch, caps
 # --- end to end with real teacher checkpoints ----------------------------------------------------
 
 def _save_teacher(path, obs="state", tasks=TASKS):
-    import checkpoint
+    import tools
     import configs
     from models import TeacherWorldModel, teacher_payload
 
@@ -310,7 +310,7 @@ def _save_teacher(path, obs="state", tasks=TASKS):
                                 "--source_tasks", ",".join(tasks)])
     torch.manual_seed(0)
     model = TeacherWorldModel(config, act_dim=4)
-    checkpoint.save(path, teacher_payload(model, None, 0, config))
+    tools.save_checkpoint(path, teacher_payload(model, None, 0, config))
     return path
 
 

@@ -9,7 +9,7 @@ from sweeps import jobs, spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCK = "metaworld_pixel_cpu"
-SPEC = ROOT / "docs" / "results" / "pixel_methods.yaml"
+SPEC = ROOT / "sweeps" / "specs" / "pixel_methods.yaml"
 
 
 def test_block_is_a_pixel_protocol_with_its_own_eval_size():
@@ -22,7 +22,7 @@ def test_block_is_a_pixel_protocol_with_its_own_eval_size():
 
 
 def test_block_builds_a_student_that_updates():
-    from agent import Agent
+    from models.agent import Agent
 
     config = configs.load_config(["--configs", "defaults", "metaworld", BLOCK])
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import torch
 
 import dreamer_pretrain
 import replay
-from cli import UsageError
+from tools import UsageError
 from training.gradients import cosine_matrix, pcgrad
 from training.sources import TaskBatcher
 from models import load_teacher

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-import quickstart
+from sweeps import quickstart
 from tests.conftest import ROOT
 
 
 @pytest.mark.timeout_hint(240)
 def test_quickstart_sweep_ends_with_a_results_table_and_curves(tmp_path):
     root = tmp_path / "qs"
-    command = [sys.executable, "quickstart.py", "--scale", "test", "--root", str(root), "--seeds", "0",
+    command = [sys.executable, "-m", "sweeps.quickstart", "--scale", "test", "--root", str(root), "--seeds", "0",
                "--num_cpus", "2"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -60,4 +60,4 @@ def test_quickstart_flags_shape_the_sweep(tmp_path, capsys):
 def test_quickstart_bad_flag_is_one_line(tmp_path, capsys, flags, message):
     assert quickstart.main(["--root", str(tmp_path / "qs"), *flags, "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith(f"quickstart.py: error: {message}"), err
+    assert err.count("\n") == 0 and err.startswith(f"comet-quickstart: error: {message}"), err

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+import tools
 import dreamer_distill
 from training.student import Trainer
 import replay
 import configs
-from agent import MAX_NONFINITE, Agent
+from models.agent import MAX_NONFINITE, Agent
 
 TINY = ["--configs", "defaults", "metaworld", "metaworld_state", "debug", "--task", "metaworld_reach",
         "--device", "cpu", "--progress", "False", "--threads", "1"]
@@ -51,14 +51,14 @@ def test_run_writes_episodes_metrics_checkpoint_and_resumes(tmp_path, obs, capsy
     assert {"eval/return", "eval/success_final", "eval/length"} <= set(evals[0])
     first = train_records(logdir)
     assert first and {"train/actor_loss", "train/critic_loss", "train/imag_return", "perf/fps"} <= set(first[-1])
-    saved = checkpoint.load(logdir / "latest.pt")
+    saved = tools.load_checkpoint(logdir / "latest.pt")
     assert saved["step"] == 160 and saved["agent"]["updates"] > 0
     updates = saved["agent"]["updates"]
 
     capsys.readouterr()
     assert run(logdir, *steps, "--steps", "320") == 0
     assert "resuming" in capsys.readouterr().out
-    saved = checkpoint.load(logdir / "latest.pt")
+    saved = tools.load_checkpoint(logdir / "latest.pt")
     assert saved["step"] == 320 and saved["agent"]["updates"] > updates
     later = [r["step"] for r in records(logdir) if "step" in r]
     assert later == sorted(later) and later[-1] == 320, later  # the step counter continued
@@ -116,11 +116,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
     logdir = tmp_path / "run"
     undo = stop_training_at(monkeypatch, 100, KeyboardInterrupt())
     assert run(logdir, "--steps", "160") == 130
-    saved = checkpoint.load(logdir / "latest.pt")
+    saved = tools.load_checkpoint(logdir / "latest.pt")
     assert saved["step"] == 100
     undo()
     assert run(logdir, "--steps", "160") == 0
-    assert checkpoint.load(logdir / "latest.pt")["step"] == 160
+    assert tools.load_checkpoint(logdir / "latest.pt")["step"] == 160
 
 
 @pytest.mark.timeout_hint(30)
@@ -130,7 +130,7 @@ def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_superseded_rows(
     undo = stop_training_at(monkeypatch, 140, RuntimeError("simulated crash"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(logdir, *flags)
-    assert checkpoint.load(logdir / "latest.pt")["step"] == 80
+    assert tools.load_checkpoint(logdir / "latest.pt")["step"] == 80
     crashed = [r["step"] for r in train_records(logdir)]
     assert max(crashed) > 80  # rows the resumed run will log again
     undo()
@@ -214,9 +214,9 @@ def test_agent_state_dict_round_trip_includes_optimizers(tmp_path):
     torch.manual_seed(0)
     agent, config = tiny_agent()
     agent.train(tiny_batch(config), 0)
-    checkpoint.save(tmp_path / "a.pt", {"agent": agent.state_dict()})
+    tools.save_checkpoint(tmp_path / "a.pt", {"agent": agent.state_dict()})
     other, _ = tiny_agent()
-    other.load_state_dict(checkpoint.load(tmp_path / "a.pt")["agent"])
+    other.load_state_dict(tools.load_checkpoint(tmp_path / "a.pt")["agent"])
     assert other.updates == 1
     assert other.wm_opt.state_dict()["state"], "world-model optimizer state not restored"
     assert other.behavior.actor_opt.state_dict()["state"], "actor optimizer state not restored"

@@ -190,7 +190,7 @@ def test_killed_or_interrupted_driver_leaves_no_ray_and_continues_and_a_bad_flag
 
 def test_a_rerun_stops_only_the_marked_leftovers_and_refuses_a_live_driver(tmp_path):
     """sweeps.local_ray without Ray: real processes stand in for a dead driver's leftovers and for bystanders."""
-    from cli import UsageError
+    from tools import UsageError
     from sweeps import local_ray
 
     def spawn(mark: str | None) -> subprocess.Popen:
@@ -223,7 +223,7 @@ def test_bad_spec_is_one_line(tmp_path, capsys):
 
     spec = tmp_path / "spec.yaml"
     spec.write_text("root: x\nstudents: {targets: [metaworld_drawer_close], methods: {a: {teacher: moe}}}\n")
-    assert sweep_main.main([str(spec)]) == 2  # cli.EXIT_USAGE
+    assert sweep_main.main([str(spec)]) == 2  # tools.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(spec) in err and "teacher 'moe'" in err, err
 

@@ -9,7 +9,7 @@ import pytest
 import collect_data
 import configs
 import envs
-from cli import UsageError
+from tools import UsageError
 from collection.manifest import MANIFEST, manifest_task
 from envs.tasks import TaskNameError, canonical_task, canonical_tasks
 from ood.sources import OODInputError, resolve_task_dirs, select_tasks

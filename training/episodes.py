@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from contract import STEP_KEYS, success_any, success_final
+from tools import STEP_KEYS, success_any, success_final
 
 STAT_KEYS = ("return", "length", "success_any", "success_final")
 

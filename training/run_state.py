@@ -21,10 +21,8 @@ import random
 
 import numpy as np
 
-import checkpoint
-from cli import UsageError
-from fileio import remove_temp_files
-from logger import Logger
+import tools
+from tools import Logger, UsageError, remove_temp_files
 from replay import episode_files
 
 LOCK = ".lock"
@@ -59,7 +57,7 @@ class RunDir:
         for name in self.checkpoints:
             path = self.path / name
             if path.is_file():
-                payload = checkpoint.load(path, map_location=device)
+                payload = tools.load_checkpoint(path, map_location=device)
                 if self.payload is None or int(payload["step"]) > int(self.payload["step"]):
                     self.checkpoint_path, self.payload = path, payload
         return self.payload
@@ -104,7 +102,7 @@ class RunDir:
 
     def save(self, name: str, payload: dict) -> pathlib.Path:
         """Write checkpoint `name` atomically."""
-        return checkpoint.save(self.path / name, payload)
+        return tools.save_checkpoint(self.path / name, payload)
 
     def close(self) -> None:
         """Release the lock (only ours)."""
@@ -189,7 +187,7 @@ def rng_state(streams: dict) -> dict:
     A stream is a numpy Generator, a torch Generator or an object with `rng_state()` / `set_rng_state()`."""
     import torch
 
-    return {"python": random.getstate(), "numpy": checkpoint.to_builtin(np.random.get_state()),
+    return {"python": random.getstate(), "numpy": tools.to_builtin(np.random.get_state()),
             "torch": torch.get_rng_state(), "streams": {name: _get(s) for name, s in streams.items()}}
 
 

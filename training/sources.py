@@ -10,8 +10,7 @@ import pathlib
 import numpy as np
 
 import replay
-from cli import UsageError
-from contract import MODEL_KEYS, OBS_KEYS
+from tools import MODEL_KEYS, OBS_KEYS, UsageError
 
 
 def model_keys(obs: str) -> list[str]:

@@ -15,12 +15,9 @@ import time
 
 import numpy as np
 
-import checkpoint
+import tools
 import configs
-import runtime
-from cli import UsageError
-from contract import ACTION_DIM, OBS_KEYS, prefill_episode
-from logger import label_rows, wandb_settings
+from tools import ACTION_DIM, OBS_KEYS, UsageError, label_rows, prefill_episode, wandb_settings
 
 from .episodes import STAT_KEYS, EpisodeBuilder, ended, episode_stats, merge_reset
 from .evaluation import evaluate
@@ -61,7 +58,7 @@ def build_distiller(config, agent, device):
     try:
         teacher, meta = load_teacher(pathlib.Path(path).expanduser(), device)
         teachers = behaviour.load(meta, path, device)
-    except checkpoint.CheckpointError as err:
+    except tools.CheckpointError as err:
         raise UsageError(f"--teacher_model_path: {err}") from None
     if config["source_tasks"] and list(config["source_tasks"]) != list(meta["source_tasks"]):
         raise UsageError(f"--source_tasks {','.join(config['source_tasks'])} disagrees with the teacher's source tasks "
@@ -80,7 +77,7 @@ def build_distiller(config, agent, device):
 
 def build_agent(config, device):
     """The student Agent for `config`, with its distiller when `use_distill` (UsageError if it cannot be built)."""
-    from agent import Agent
+    from models.agent import Agent
     from models.world_model import obs_shapes_from
 
     agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
@@ -92,12 +89,12 @@ def build_agent(config, device):
 def load_agent(path, device="cpu"):
     """Rebuild a student Agent from a student checkpoint (`latest.pt`) to act or evaluate: world model and
     behavior weights only (no distiller, no optimizer state). Returns (agent in eval mode, payload)."""
-    from agent import Agent
+    from models.agent import Agent
     from models.world_model import obs_shapes_from
 
-    payload = checkpoint.load(path, map_location=device)
+    payload = tools.load_checkpoint(path, map_location=device)
     if "agent" not in payload:
-        raise checkpoint.CheckpointError(f"{path}: not a student checkpoint (no 'agent'; a teacher.pt?)")
+        raise tools.CheckpointError(f"{path}: not a student checkpoint (no 'agent'; a teacher.pt?)")
     config = configs.Config({**configs.read_blocks()["defaults"], **payload["config"]})
     agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
     agent.wm.load_state_dict(payload["agent"]["wm"])
@@ -130,11 +127,11 @@ class Trainer:
 
     def __init__(self, config):
         c = self.config = config
-        runtime.set_threads(c.threads)
+        tools.set_threads(c.threads)
         self.run_dir = RunDir(c.logdir, c.resume, (CHECKPOINT,), EPISODE_DIRS)
         self.logdir = self.run_dir.path
-        self.device = runtime.get_device(c.device)
-        runtime.set_seed(c.seed)
+        self.device = tools.get_device(c.device)
+        tools.set_seed(c.seed)
         _check_flags(c)
         self.obs_keys, self.act_dim = OBS_KEYS[c.obs], ACTION_DIM
         # The agent (and distiller) first: a bad flag fails before any env starts or file is written.
@@ -170,7 +167,9 @@ class Trainer:
         if payload is not None:
             self._restore(payload)
         if getattr(self.agent.distiller, "warmup_due", 0):  # an offline warm start before the online phase
-            self.agent.distiller.warmup(self.agent, self.agent.distiller.source_batches(c))
+            from training import critic_warmup
+
+            critic_warmup.warmup(self.agent.distiller, self.agent, critic_warmup.source_batches(self.agent.distiller, c))
         self.logger = run_dir.logger(wandb=wandb_settings(c))
         if self.agent.distiller is not None and hasattr(self.agent.distiller, "logger"):
             self.agent.distiller.logger = self.logger  # pruning events go to metrics.jsonl

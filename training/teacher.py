@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 import configs
-import runtime
-from cli import UsageError
-from logger import Logger, label_rows, wandb_settings
+import tools
+from tools import Logger, UsageError, label_rows, wandb_settings
 
 from .gradients import assign, cosine_matrix, pcgrad, per_task_gradients
 from .run_state import RunDir, rng_state, set_rng_state
@@ -44,9 +43,9 @@ class TeacherTrainer:
         c = self.config = config
         self.run_dir = RunDir(c.logdir, c.resume, (CHECKPOINT, FINAL))
         _check_flags(c)
-        runtime.set_seed(c.seed)
-        self.device = runtime.get_device(c.device)
-        runtime.set_threads(c.threads)
+        tools.set_seed(c.seed)
+        self.device = tools.get_device(c.device)
+        tools.set_threads(c.threads)
         sources, self.act_dim, obs_shapes = load_sources(c)
         keys = model_keys(c.obs)
         self.batcher = TaskBatcher(sources, c.batch_size, c.batch_length, c.seed, c.task_batching, keys)
@@ -188,7 +187,7 @@ class TeacherTrainer:
 
     def fit_behaviour(self) -> None:
         """Behaviour teachers read the raw state, not the world model: fitted once it is done (cheap, seeded)."""
-        from methods import behaviour
+        from training import behaviour
 
         c = self.config
         self.behaviour = behaviour.fit(c, c.source_tasks, c.source_task_dirs, self.device,

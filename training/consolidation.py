@@ -2,7 +2,7 @@
 taught it. Each source task is run in the real env with the actor (one policy for all tasks, told the
 task id) and with that task's scripted expert, through the student's evaluation code.
 
-    python -m methods.consolidation --teacher_model_path runs/teacher/teacher.pt --eval_episodes 20 \\
+    python -m training.consolidation --teacher_model_path runs/teacher/teacher.pt --eval_episodes 20 \\
         --out runs/teacher/consolidation.json [--seed 0 --eval_envs 1]
 
 Prints one row per task (success at any step / at the final step, mean return) and writes them as JSON.
@@ -66,8 +66,8 @@ def evaluate_teacher_actor(teacher_path, episodes: int = 20, seed: int = 0, n_en
     from training.evaluation import evaluate
     from models.teacher_io import load_teacher
 
-    from . import behaviour
-    from .base import MethodError
+    from methods import behaviour
+    from methods.base import MethodError
 
     teacher, meta = load_teacher(teacher_path, device)
     actor = behaviour.load(meta, teacher_path, device).actor
@@ -96,9 +96,9 @@ def evaluate_teacher_actor(teacher_path, episodes: int = 20, seed: int = 0, n_en
 
 
 def main(argv=None) -> int:
-    import checkpoint
+    import tools
 
-    from .base import MethodError
+    from methods.base import MethodError
 
     try:
         config = configs.load_config(argv, description=__doc__.splitlines()[0])
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(int(config.threads))
         results = evaluate_teacher_actor(config.teacher_model_path, config.eval_episodes, config.seed,
                                          config.eval_envs, config.device)
-    except (MethodError, configs.ConfigError, checkpoint.CheckpointError) as err:
+    except (MethodError, configs.ConfigError, tools.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{'task':<28} {'actor any/final':>16} {'expert any/final':>17}")
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     if config.out:
         path = pathlib.Path(config.out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        from fileio import atomic_write
+        from tools import atomic_write
 
         text = json.dumps({"teacher": str(config.teacher_model_path), "episodes": config.eval_episodes,
                            "seed": config.seed, "results": results}, indent=2).encode()
