@@ -2,6 +2,7 @@
 sees only the state, a warned and recorded config change on resume, prefill episodes left out of the train
 figures and of OOD student sets, and per-stage --help."""
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -122,13 +123,11 @@ def test_flags_of_another_stage_warn(tmp_path):
 
 
 def test_console_commands_behave_like_the_scripts(tmp_path):
-    import os
-
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    call = "import sys, commands; sys.argv = ['comet-pretrain', *sys.argv[1:]]; commands.pretrain()"
-    done = subprocess.run([sys.executable, "-c", call, "--help"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    # The installed console command (pyproject's [project.scripts]), run from another folder.
+    command = pathlib.Path(sys.executable).parent / "comet-pretrain"
+    assert command.exists(), f"{command}: run ./install_add.sh (it installs the console commands)"
+    done = subprocess.run([str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("usage: dreamer_pretrain.py"), done.stderr
-    done = subprocess.run([sys.executable, "-c", call, "--source_tasks", "reech", "--logdir", str(tmp_path / "t")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([str(command), "--source_tasks", "reech", "--logdir", str(tmp_path / "t")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "did you mean 'metaworld_reach'?" in done.stderr

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import configs
+import tools
 from tools import Logger, wandb_settings
 
 
@@ -40,7 +41,7 @@ def test_wandb_is_off_unless_asked():
     assert wandb_settings(configs.load_config([])) is None
     settings = wandb_settings(configs.load_config(["--wandb", "True", "--wandb_mode", "offline"]))
     assert settings["mode"] == "offline" and settings["project"] == "comet" and settings["config"]["wandb"] is True
-    with pytest.raises(configs.ConfigError, match="--wandb_mode must be online | offline"):
+    with pytest.raises(tools.UsageError, match="--wandb_mode must be online | offline"):
         wandb_settings(configs.load_config(["--wandb", "True", "--wandb_mode", "cloud"]))
 
 

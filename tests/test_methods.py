@@ -248,7 +248,7 @@ def test_teacher_actor_with_another_action_size_is_one_clear_line(source, tmp_pa
 
 
 def test_consolidation_evaluates_the_teacher_actor_and_the_experts_in_the_real_env(teacher_file, tmp_path, capsys):
-    from methods import consolidation
+    from training import consolidation
 
     out = tmp_path / "consolidation.json"
     code = consolidation.main([*TINY, "--teacher_model_path", str(teacher_file), "--eval_episodes", "2",
