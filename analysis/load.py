@@ -26,6 +26,7 @@ class Run:
     eval_episodes: int
     total_steps: int                    # the run's configured env steps
     config: dict
+    eval_goals: str                     # how its evaluation goals were chosen (training.evaluation.goal_rule)
 
     @property
     def complete(self) -> bool:
@@ -37,10 +38,25 @@ def method_of(config: dict) -> str:
     return str(config.get("distill_mode", "comet")) if config.get("use_distill") else "dreamer"
 
 
+def _setting(config: dict, key: str, path: pathlib.Path, rows: dict | None = None, metric: str = ""):
+    """config[key]; else the value the metrics logged under `metric` (their last evaluation's); else one line
+    naming the folder and the key."""
+    if key in config:
+        return config[key]
+    logged = [row[metric] for _, row in sorted(rows.items()) if metric in row] if rows and metric else []
+    if logged:
+        return logged[-1]
+    raise UsageError(f"{path}: config.yaml has no '{key}'" + (f" and metrics.jsonl no '{metric}'" if metric else "")
+                     + "; add it to config.yaml or leave the folder out")
+
+
 def read_run(path: pathlib.Path) -> Run:
     from ruamel.yaml import YAML
+    from training.evaluation import goal_rule
 
     config = YAML(typ="safe", pure=True).load((path / "config.yaml").read_text())
+    if not isinstance(config, dict):
+        raise UsageError(f"{path / 'config.yaml'}: not a mapping of settings")
     rows: dict[int, dict] = {}
     with open(path / "metrics.jsonl") as f:
         for number, line in enumerate(f, 1):
@@ -56,8 +72,11 @@ def read_run(path: pathlib.Path) -> Run:
     if match and path.parent.parent != path.parent:
         target, method, seed = path.parent.parent.name, path.parent.name, int(match.group(1))
     else:
-        target, method, seed = str(config["task"]).removeprefix("metaworld_"), method_of(config), int(config["seed"])
-    return Run(path, target, method, seed, steps, curves, int(config["eval_episodes"]), int(config["steps"]), config)
+        task, seed = _setting(config, "task", path), int(_setting(config, "seed", path))
+        target, method = str(task).removeprefix("metaworld_"), method_of(config)
+    episodes = int(_setting(config, "eval_episodes", path, rows, "eval/episodes"))
+    return Run(path, target, method, seed, steps, curves, episodes, int(_setting(config, "steps", path)), config,
+               goal_rule(config))
 
 
 def find_runs(patterns: list[str]) -> list[Run]:

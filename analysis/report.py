@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 
-from analysis import plots, stats
+from analysis import paired, plots, stats
 from analysis.aggregate import Table
 
 SUCCESS_RULE = ("an episode succeeds when info['success'] is true at any step (success_any); success at the last "
@@ -23,15 +23,26 @@ def commit() -> str:
         return "unknown"
 
 
-def protocol(table: Table, runs: list, seed: int, reps: int) -> dict:
-    eval_episodes = sorted({r.eval_episodes for r in runs if r.method in table.methods})
+def paired_rule(baseline: str | None, margin: float, seed: int, reps: int) -> str:
+    against = f"arm − {baseline}" if baseline else "later arm − earlier arm (name order)"
+    return (f"per-seed difference ({against}) of the AUC and of the final score over the seeds both ran; "
+            f"{int(paired.CI * 100)}% percentile bootstrap of the mean ({reps} reps, numpy default_rng seeded "
+            f"[{seed}, crc32 of the comparison]); two-sided Wilcoxon signed-rank and paired t p-values (scipy); "
+            f"verdict at margin {margin:g}: better if the CI lies above 0, worse if below 0, "
+            f"'{paired.equivalence_label(margin)}' if it contains 0 and lies inside (-{margin:g}, {margin:g}), "
+            "else inconclusive")
+
+
+def protocol(table: Table, runs: list, seed: int, reps: int, pairing: str) -> dict:
+    kept = [r for r in runs if r.method in table.methods]
+    eval_episodes = sorted({r.eval_episodes for r in kept})
     return {"success_rule": SUCCESS_RULE, "policy": "deterministic (mode action)",
-            "eval_episodes": eval_episodes, "prefill": "random prefill episodes are training data only; every "
+            "eval_episodes": eval_episodes, "eval_goals": sorted({r.eval_goals for r in kept}), "prefill": "random prefill episodes are training data only; every "
             "success figure comes from separate evaluation episodes",
             "env_steps": int(table.steps[-1]), "eval_steps": table.steps.tolist(), "final_score":
             f"mean of the last {table.last} evaluations", "auc": "trapezoid area under the success curve divided "
             "by the evaluated step range", "ci": f"{int(stats.CI * 100)}% stratified bootstrap (rliable, "
-            f"{reps} reps, numpy seed {seed})", "seeds": table.seeds, "targets": table.targets,
+            f"{reps} reps, numpy seed {seed})", "paired": pairing, "seeds": table.seeds, "targets": table.targets,
             "commit": commit()}
 
 
@@ -54,7 +65,22 @@ def per_target_rows(table: Table) -> list[dict]:
     return sorted(rows, key=lambda r: (r["target"], r["method"]))
 
 
-def markdown(table: Table, proto: dict, rows: list[dict], agg: dict, poi: dict, notes: list[str]) -> str:
+def paired_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Paired differences (arm − baseline over the seeds both ran)", "",
+             "| target | arm − baseline | metric | pairs | mean Δ | 95% CI (bootstrap) | 95% CI (t) | Wilcoxon p | "
+             "paired t p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['arm']} − {r['baseline']} | {paired.METRICS[r['metric']]} | {r['pairs']} | "
+                     f"{r['mean']:+.3f} | [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | "
+                     f"[{r['ci_t'][0]:+.3f}, {r['ci_t'][1]:+.3f}] | {r['wilcoxon_p']:.3g} | {r['t_p']:.3g} | "
+                     f"{r['verdict']} |")
+    return lines
+
+
+def markdown(table: Table, proto: dict, rows: list[dict], agg: dict, poi: dict, pairs: list[dict],
+             notes: list[str]) -> str:
     lines = ["# Results", "", "## Protocol", ""]
     lines += [f"* {key}: {value}" for key, value in proto.items()]
     lines += ["", f"## Per target (final score = {proto['final_score']}; mean ± std over seeds)", "",
@@ -70,6 +96,7 @@ def markdown(table: Table, proto: dict, rows: list[dict], agg: dict, poi: dict, 
         for x in table.methods:
             cells = ["—" if x == y else _fmt(poi[(x, y)]) for y in table.methods]
             lines.append(f"| {x} | " + " | ".join(cells) + " |")
+    lines += paired_lines(pairs)
     lines += ["", "## Plots", "", "![curves](curves.png)", "", "![IQM curves](iqm_curves.png)", "",
               "![performance profiles](profiles.png)", ""]
     if notes:
@@ -77,19 +104,22 @@ def markdown(table: Table, proto: dict, rows: list[dict], agg: dict, poi: dict, 
     return "\n".join(lines)
 
 
-def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: int, reps: int) -> pathlib.Path:
+def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: int, reps: int,
+          baseline: str | None = "dreamer", margin: float = 0.05) -> pathlib.Path:
     out.mkdir(parents=True, exist_ok=True)
-    proto = protocol(table, runs, seed, reps)
+    baseline = baseline if baseline in table.methods else None
+    proto = protocol(table, runs, seed, reps, paired_rule(baseline, margin, seed, reps))
     rows = per_target_rows(table)
     agg, poi = stats.aggregates(table, seed, reps), stats.improvement(table, seed, reps)
+    pairs = paired.analyse(table, baseline, margin, seed, reps)
     curves = stats.iqm_curves(table, seed, reps)
     taus, prof = stats.profiles(table, seed, reps)
     plots.curves(table, out / "curves.png")
     plots.iqm_curves(table, curves, out / "iqm_curves.png")
     plots.profiles(table, taus, prof, out / "profiles.png")
-    (out / "results.md").write_text(markdown(table, proto, rows, agg, poi, notes))
+    (out / "results.md").write_text(markdown(table, proto, rows, agg, poi, pairs, notes))
     payload = {"protocol": proto, "per_target": rows, "aggregate": agg,
-               "probability_of_improvement": {f"{x} > {y}": v for (x, y), v in poi.items()},
+               "probability_of_improvement": {f"{x} > {y}": v for (x, y), v in poi.items()}, "paired": pairs,
                "iqm_curves": {m: {"steps": table.steps.tolist(), "iqm": c[0].tolist(), "low": c[1].tolist(),
                                   "high": c[2].tolist()} for m, c in curves.items()},
                "profiles": {"tau": taus.tolist(), **{m: [v.tolist() for v in p] for m, p in prof.items()}},

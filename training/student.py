@@ -20,7 +20,7 @@ import configs
 from tools import ACTION_DIM, OBS_KEYS, UsageError, label_rows, prefill_episode, wandb_settings
 
 from .episodes import STAT_KEYS, EpisodeBuilder, ended, episode_stats, merge_reset
-from .evaluation import evaluate
+from .evaluation import GOAL_RULES, evaluate
 from .run_state import RunDir, rng_state, set_rng_state
 
 CHECKPOINT = "latest.pt"
@@ -118,6 +118,10 @@ def _check_flags(config) -> None:
         envs.env_name(config.task)
     except ValueError as err:
         raise UsageError(f"--task: {err}") from None
+    if config.eval_goals not in GOAL_RULES:
+        raise UsageError(f"--eval_goals must be one of {', '.join(GOAL_RULES)}, got '{config.eval_goals}'")
+    if int(config.eval_goal_seed) < 0:
+        raise UsageError(f"--eval_goal_seed must be >= 0, got {config.eval_goal_seed}")
 
 
 # --- the loop -------------------------------------------------------------------------------------------
@@ -164,6 +168,7 @@ class Trainer:
         self.last_video = 0  # env step of the last eval video
         self.bar = None  # the progress bar while run() runs
         self.eval_episodes = len(episode_files(self.eval_dir))
+        self.evaluations = 0  # evaluations so far: the index of the next one's goal list (fixed goal set)
         if payload is not None:
             self._restore(payload)
         if getattr(self.agent.distiller, "warmup_due", 0):  # an offline warm start before the online phase
@@ -197,6 +202,8 @@ class Trainer:
         self.step, self.episodes = int(payload["step"]), int(payload["episodes"])
         self.last_eval, self.last_success = int(payload["last_eval"]), float(payload["last_success"])
         self.eval_episodes = int(payload.get("eval_episodes", self.eval_episodes))
+        # A checkpoint from before the count: every earlier evaluation ran eval_episodes episodes.
+        self.evaluations = int(payload.get("evaluations", self.eval_episodes // max(1, self.config.eval_episodes)))
         set_rng_state(payload["rng"], self._streams())
         print(f"resuming {self.logdir} at env step {self.step} ({self.agent.updates} updates, "
               f"{self.replay.num_episodes} episodes in replay)", flush=True)
@@ -210,7 +217,8 @@ class Trainer:
         """Atomically write <logdir>/latest.pt."""
         self.run_dir.save(CHECKPOINT, {
             "config": self.config.to_dict(), "step": self.step, "episodes": self.episodes,
-            "eval_episodes": self.eval_episodes, "last_eval": self.last_eval, "last_success": self.last_success,
+            "eval_episodes": self.eval_episodes, "evaluations": self.evaluations, "last_eval": self.last_eval,
+            "last_success": self.last_success,
             "agent": self.agent.state_dict(), "rng": rng_state(self._streams())})
 
     def updates_due(self) -> int:
@@ -268,7 +276,9 @@ class Trainer:
         c = self.config
         video = c.video_every == 0 or due(self.step, self.last_video, c.video_every)
         videos = [] if video else None
-        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys, videos=videos)
+        goals = (c.eval_goal_seed, self.evaluations) if c.eval_goals == "fixed" else None
+        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys, videos=videos, goals=goals)
+        self.evaluations += 1
         for ep in episodes:
             save_episode(self.eval_dir, ep)
         self.eval_episodes += len(episodes)
