@@ -16,13 +16,11 @@ import os
 import pathlib
 import sys
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import tools  # noqa: E402
-import configs  # noqa: E402
-import envs  # noqa: E402
-from collection.pool import collect  # noqa: E402
-from tools import OBS_MODES  # noqa: E402
+import tools
+import configs
+import envs
+from collection.pool import collect
+from tools import OBS_MODES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,7 +79,7 @@ def run(argv=None) -> dict[str, dict]:
     for task, manifest in manifests.items():
         print(f"{task}: {manifest['episodes']} episodes, {manifest['steps']} steps, "
               f"success any {manifest['success_rate_any']:.2f} / final {manifest['success_rate_final']:.2f} "
-              f"-> {pathlib.Path(args.out) / envs.task_dir_name(task)}")
+              f"-> {pathlib.Path(args.out) / envs.short_name(task)}")
     return manifests
 
 

@@ -11,10 +11,14 @@ import re
 import sys
 from typing import Any, Callable, Sequence
 
-from tools import UsageError, atomic_write
+from tools import UsageError, atomic_write, deprecated
 
 ROOT = pathlib.Path(__file__).resolve().parent
 CONFIG_FILE = ROOT / "configs.yaml"
+# Renamed flags, old -> new: the old name keeps working with one deprecation line.
+RENAMED = {
+    "pretrain": "prefill_updates",  # the reference implementation's name for the updates right after prefill
+}
 
 
 class ConfigError(UsageError, ValueError):
@@ -113,6 +117,18 @@ def _guess(text: str) -> Any:
     return text
 
 
+def renamed_flags(argv: Sequence[str]) -> list[str]:
+    """`argv` with each renamed flag (`--old v` or `--old=v`) under its new name; one deprecation line each."""
+    out = []
+    for token in argv:
+        key, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if key in RENAMED:
+            deprecated(f"--{key}", f"--{RENAMED[key]}")
+            token = f"--{RENAMED[key]}{eq}{value}"
+        out.append(token)
+    return out
+
+
 def load_config(argv: Sequence[str] | None = None, description: str = "", path: pathlib.Path = CONFIG_FILE,
                 extra_flags: Sequence[str] = (), stage: str | None = None, own_help: tuple = ("", {})) -> Config:
     """Merge `--configs` blocks and apply typed `--key value` overrides.
@@ -123,7 +139,7 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
     scale with a shortened run (`scale_intervals`); `own_help` lists the script's own flags there
     (`help_text`).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = renamed_flags(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--configs", nargs="+", default=["defaults"])
     known, rest = pre.parse_known_args(argv)

@@ -11,7 +11,6 @@ the teacher given by --teacher_model_path guides the student's world model. The 
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import tools
@@ -22,7 +21,6 @@ from training.student import Trainer
 def run(argv=None) -> None:
     """Parse flags and train; raises tools.UsageError for an unusable command line."""
     config = configs.load_config(argv, description=__doc__, stage="dreamer_distill.py")
-    os.environ.setdefault("MUJOCO_GL", config.mujoco_gl)
     trainer = Trainer(config)
     try:
         trainer.run()

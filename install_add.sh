@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# One-shot, idempotent set-up: system libraries for headless rendering, .venv with the pinned packages of
-# requirements.txt, an editable install of this project into .venv (console commands comet-collect,
-# comet-pretrain, comet-distill, comet-ood, comet-quickstart; code edits take effect without reinstalling),
+# One-shot, idempotent set-up: system libraries for headless rendering, .venv with this project installed
+# editable with the pins of pyproject.toml and its test and wandb extras (console commands comet-collect,
+# comet-pretrain, comet-distill, comet-ood, comet-quickstart, ...; code edits take effect without reinstalling),
 # and a one-frame Meta-World render as a self-check.
-# A second run only re-checks (a few seconds): packages are reinstalled only when requirements.txt or
-# pyproject.toml change.
+# A second run only re-checks (a few seconds): packages are reinstalled only when pyproject.toml changes.
 #   PYTHON=python3.12 ./install_add.sh                                       # another interpreter (>= 3.10)
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu ./install_add.sh    # CPU-only torch (no CUDA download)
 set -euo pipefail
@@ -50,21 +49,21 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.comet-requirements
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   extra=()
+  torch_pin=$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
     extra+=(--extra-index-url "$TORCH_INDEX_URL")
-    log "installing pinned packages (torch 2.13.0 from $TORCH_INDEX_URL)"
+    log "installing pinned packages ($torch_pin from $TORCH_INDEX_URL)"
   else
     # PyPI's Linux torch wheel is the CUDA build (several GB of CUDA libraries, runs on a CPU too).
-    log "installing pinned packages (torch 2.13.0 as your pip index serves it: on PyPI the CUDA build;"
+    log "installing pinned packages ($torch_pin as your pip index serves it: on PyPI the CUDA build;"
     log "  for a CPU-only torch run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu ./install_add.sh)"
   fi
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q "${extra[@]}" -r requirements.txt
-  # The project itself, editable: the console commands point at this checkout.
-  .venv/bin/python -m pip install -q --no-deps -e .
+  # The project, editable (the console commands point at this checkout), with every pin of pyproject.toml.
+  .venv/bin/python -m pip install -q "${extra[@]}" -e ".[test,wandb]"
   echo "$want" > "$stamp"
 else
   log "packages up to date"
@@ -90,4 +89,4 @@ if ! render_check "${MUJOCO_GL:-egl}" 2>/tmp/comet-render-check.log; then
   render_check osmesa || { log "error: headless rendering does not work; see /tmp/comet-render-check.log"; exit 1; }
   log "use --mujoco_gl osmesa (or export MUJOCO_GL=osmesa) on this machine"
 fi
-log "done: .venv/bin/python quickstart.py runs the pipeline; the stages are also commands, e.g. .venv/bin/comet-distill --help"
+log "done: .venv/bin/python -m sweeps.quickstart runs the pipeline; the stages are also commands, e.g. .venv/bin/comet-distill --help"

@@ -24,9 +24,12 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import BinaryIO, Callable, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 
 # --- command line: one usage-error type, one exit code per outcome, one error line; SIGTERM = Ctrl-C ---------------
@@ -495,7 +498,7 @@ class WandbBackend:
         try:
             import wandb
         except ImportError:
-            raise RuntimeError("--wandb True needs the wandb package: pip install wandb (see requirements.txt)") from None
+            raise RuntimeError("--wandb True needs the wandb package: pip install -e '.[wandb]' (the pin is in pyproject.toml)") from None
         self._wandb = wandb
         self._logdir = logdir
         id_file = logdir / "wandb_id"

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 
+from envs.tasks import short_name
 from tools import UsageError
 
 EVAL_KEYS = {"success": "eval/success_any", "success_final": "eval/success_final", "return": "eval/return"}
@@ -73,7 +74,7 @@ def read_run(path: pathlib.Path) -> Run:
         target, method, seed = path.parent.parent.name, path.parent.name, int(match.group(1))
     else:
         task, seed = _setting(config, "task", path), int(_setting(config, "seed", path))
-        target, method = str(task).removeprefix("metaworld_"), method_of(config)
+        target, method = short_name(str(task)), method_of(config)
     episodes = int(_setting(config, "eval_episodes", path, rows, "eval/episodes"))
     return Run(path, target, method, seed, steps, curves, episodes, int(_setting(config, "steps", path)), config,
                goal_rule(config))

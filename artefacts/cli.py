@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
@@ -57,7 +56,6 @@ def evaluate(argv=None) -> None:
     parser.add_argument("--video_episodes", type=int, default=3, help="film this many of the first episodes (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
     from artefacts import evaluation, student
@@ -89,7 +87,6 @@ def quantize(argv=None) -> None:
     parser.add_argument("--no_compile", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
     from artefacts import student, table, variants

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import pathlib
 import sys
 import tempfile
@@ -16,7 +15,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MUJOCO_GL", "egl")
+from envs import headless_gl  # noqa: E402
+
+headless_gl()  # before torch, and anything that imports mujoco
 
 import numpy as np  # noqa: E402
 

@@ -12,7 +12,6 @@ rates come with 95% Clopper-Pearson intervals.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
@@ -42,12 +41,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    import envs
+
+    envs.headless_gl()
     import torch
 
     torch.set_num_threads(1)
     import collect_data
     import dreamer_pretrain
+    from envs import short_name
     from training.consolidation import evaluate_teacher_actor
 
     root = pathlib.Path(args.root)
@@ -58,7 +60,7 @@ def main() -> int:
                        "--noise", "0.1", "--random_frac", "0.1", "--workers", "1", "--out", str(root / "data"),
                        "--seed", str(args.seed)])
     timings["collect_s"] = round(time.time() - start, 1)
-    dirs = [str(root / "data" / t.replace("metaworld_", "")) for t in TASKS]
+    dirs = [str(root / "data" / short_name(t)) for t in TASKS]
     teacher = root / f"teacher_a{args.actor_steps}_s{args.seed}"
     start = time.time()
     code = dreamer_pretrain.main([*common, "--source_tasks", ",".join(TASKS), "--source_task_dirs", ",".join(dirs),

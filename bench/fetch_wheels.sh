@@ -2,13 +2,13 @@
 # Fetch, on a machine with network, the wheels the GPU machine lacks (Python 3.12, manylinux x86_64) into
 # the git-ignored .whl/, and the EGL/OpenGL loader packages (Debian/Ubuntu amd64) into the git-ignored .gl/.
 # Both folders travel with the working tree to a machine without network; bench/gpu_check.sh installs
-# them there. Idempotent: an existing file is kept. Versions follow requirements.txt.
+# them there. Idempotent: an existing file is kept. Versions follow pyproject.toml's pins.
 #
 #   bench/fetch_wheels.sh            # from the repository root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-pin() { grep -i "^$1==" requirements.txt | head -1; }
+pin() { grep -io "\"$1==[^\"]*\"" pyproject.toml | head -1 | tr -d '"'; }
 # The GPU machine has torch, numpy, scipy, imageio, absl-py, etils, cloudpickle, typing-extensions,
 # tensorboard, tqdm, matplotlib, pillow and pytest already; these are missing there.
 WHEELS=("$(pin metaworld)" "$(pin mujoco)" "$(pin gymnasium)" "$(pin ruamel.yaml)"

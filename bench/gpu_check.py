@@ -37,7 +37,9 @@ import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MUJOCO_GL", "egl")
+from envs import headless_gl  # noqa: E402
+
+headless_gl()  # before torch, and anything that imports mujoco
 
 import torch  # noqa: E402
 
@@ -117,6 +119,7 @@ def run_part(name: str, fn, result: dict, budget: Budget, out: pathlib.Path, dev
 
 def machine_part(device) -> dict:
     """Versions, GPU, bf16 support, and which GL backend renders a 64x64 frame at what cost."""
+    import configs
     import envs
 
     info = machine(device)
@@ -125,7 +128,7 @@ def machine_part(device) -> dict:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), bf16=torch.cuda.is_bf16_supported(),
                     capability=list(torch.cuda.get_device_capability(device)))
-    env = envs.MetaWorldEnv("metaworld_drawer_close", obs="pixel", size=(64, 64))
+    env = envs.make_env(configs.load_config(["--obs", "pixel"]), "metaworld_drawer_close")  # 64x64, the defaults
     try:
         env.reset(seed=0)
         start, n = time.perf_counter(), 50

@@ -11,14 +11,15 @@ load average is recorded at its start and its end.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MUJOCO_GL", "egl")
+from envs import headless_gl  # noqa: E402
+
+headless_gl()  # before torch, and anything that imports mujoco
 
 
 def main(argv=None) -> dict:

@@ -160,7 +160,7 @@ def worker(args) -> None:
 def run_worker(what: str, variant: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", what, "--variant", variant, "--updates", str(args.updates),
            "--prefill", str(args.prefill), "--steps", str(args.steps)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the worker imports envs, which sets a headless MUJOCO_GL
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"{variant} {what} worker failed:\n{out.stderr[-3000:]}")

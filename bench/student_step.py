@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -24,7 +23,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MUJOCO_GL", "egl")
+from envs import headless_gl  # noqa: E402
+
+headless_gl()  # before torch, and anything that imports mujoco
 
 import torch  # noqa: E402
 

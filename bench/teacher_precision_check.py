@@ -46,6 +46,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from bench.common import emit, machine
+    from envs import short_name
 
     start = time.time()
     result = {"machine": machine(), "tasks": list(TASKS), "updates": args.updates, "episodes": args.episodes,
@@ -54,7 +55,7 @@ def main(argv=None) -> dict:
         data = pathlib.Path(tmp) / "data"
         run(["collect_data.py", "--tasks", ",".join(TASKS), "--episodes", str(args.episodes), "--obs", "pixel",
              "--workers", "1", "--out", str(data), "--progress", "False"])
-        dirs = ",".join(str(data / t.removeprefix("metaworld_")) for t in TASKS)
+        dirs = ",".join(str(data / short_name(t)) for t in TASKS)
         for seed in [int(s) for s in args.seeds.split(",") if s]:
             for precision in (32, 16):
                 logdir = pathlib.Path(tmp) / f"teacher_p{precision}_s{seed}"

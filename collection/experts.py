@@ -23,6 +23,9 @@ def episode_seeds(seed: int, env_name: str, index: int) -> tuple[int, int]:
 
 def expert_policy(env_name: str):
     """The scripted expert for an env name, e.g. SawyerDrawerCloseV3Policy for 'drawer-close-v3'."""
+    from envs import headless_gl
+
+    headless_gl()  # metaworld imports mujoco, which fixes the GL backend
     from metaworld.policies import ENV_POLICY_MAP
 
     if env_name not in ENV_POLICY_MAP:

@@ -12,7 +12,7 @@ import numpy as np
 import replay
 from tools import EPISODE_KEYS, OBS_KEYS, SUCCESS_RULES, UsageError, atomic_write, success_any, success_final
 
-from .experts import episode_seeds
+from .experts import episode_seeds, expert_policy
 
 MANIFEST = "manifest.json"
 FILE_PATTERN = re.compile(r"^episode-(\d{6})-(\d+)\.npz$")
@@ -95,13 +95,11 @@ def check_same_settings(directory: pathlib.Path, old: dict | None, new: dict) ->
 
 def build_manifest(settings: dict, records: dict[int, dict]) -> dict:
     """Manifest from per-episode records: counts and success rates under both rules."""
-    from metaworld.policies import ENV_POLICY_MAP
-
     ordered = [records[i] for i in sorted(records)]
     count = len(ordered)
     return {
         **settings,
-        "policy": ENV_POLICY_MAP[settings["env"]].__name__,
+        "policy": type(expert_policy(settings["env"])).__name__,
         "episodes": count,
         "steps": int(sum(r["length"] - 1 for r in ordered)),  # policy steps (L - 1 per episode)
         "success_rate_any": float(np.mean([r["success_any"] for r in ordered])) if count else 0.0,

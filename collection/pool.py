@@ -5,7 +5,6 @@ import concurrent.futures as futures
 import multiprocessing as mp
 import os
 import pathlib
-import signal
 import sys
 
 import envs
@@ -64,7 +63,7 @@ def plan(args, settings: dict) -> dict:
     """task -> (folder, settings, records of the episodes on disk, indices still missing)."""
     plans = {}
     for task in args.tasks:
-        directory = pathlib.Path(args.out) / envs.task_dir_name(task)
+        directory = pathlib.Path(args.out) / envs.short_name(task)
         meta = task_settings(task, args, settings)
         remove_temp_files(directory)
         manifest = read_manifest(directory)

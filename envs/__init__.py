@@ -1,42 +1,32 @@
 """Meta-World environments: `make_env` for one env, `VecEnv` for several (docs/architecture.md, "Environment").
 
 MUJOCO_GL must be set before mujoco is first imported; nothing in this package imports mujoco at import time,
-and `make_env` sets it from the config's `mujoco_gl` (EGL, falling back to OSMesa).
+`headless_gl` gives it a headless default here, and `make_env` sets it from the config's `mujoco_gl` (EGL,
+falling back to OSMesa).
 """
-import os
-
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-from envs.metaworld import ACTION_DIM, STATE_DIM, MetaWorldEnv, select_gl_backend  # noqa: E402
-from envs.tasks import (  # noqa: E402
-    PREFIX as TASK_PREFIX, TASKS, TaskNameError, canonical_task, canonical_tasks, env_name, task_dir_name, valid_tasks,
+from envs.metaworld import ACTION_DIM, STATE_DIM, MetaWorldEnv, headless_gl, select_gl_backend
+from envs.tasks import (
+    PREFIX as TASK_PREFIX, TASKS, TaskNameError, canonical_task, canonical_tasks, env_name, short_name, valid_tasks,
 )
-from envs.parallel import EnvWorkerError, VecEnv  # noqa: E402
-from envs.wrappers import ActionRepeat, Bookkeeping, TimeLimit  # noqa: E402
+from envs.parallel import EnvWorkerError, VecEnv
+from envs.wrappers import ActionRepeat, Bookkeeping, TimeLimit
 
-# Config keys the environment reads, with the defaults used when a key is absent.
-ENV_KEYS = {
-    "obs": "pixel",
-    "size": [64, 64],
-    "camera": "corner2",
-    "camera_pos": [0.75, 0.075, 0.7],
-    "render_fast": True,
-    "mujoco_gl": "egl",
-    "action_repeat": 2,
-    "time_limit": 300,
-}
+headless_gl()
+
+# Config keys the environment reads; their defaults are configs.yaml's `defaults` block (no second copy here).
+ENV_KEYS = ("obs", "size", "camera", "camera_pos", "render_fast", "mujoco_gl", "action_repeat", "time_limit")
 
 
 def env_settings(config) -> dict:
     """The environment part of a config (configs.Config, dict or any object with attributes) as a plain dict."""
-    out = {}
-    for key, default in ENV_KEYS.items():
-        if isinstance(config, dict):
-            value = config.get(key, default)
-        else:
-            value = getattr(config, key, default)
-        out[key] = list(value) if isinstance(value, (list, tuple)) else value
-    return out
+    get = config.get if isinstance(config, dict) else lambda key, missing: getattr(config, key, missing)
+    missing = object()
+    out = {key: get(key, missing) for key in ENV_KEYS}
+    absent = [key for key, value in out.items() if value is missing]
+    if absent:
+        raise ValueError(f"the config lacks the environment keys {', '.join(absent)}: build it with "
+                         f"configs.load_config (configs.yaml's defaults block holds every one)")
+    return {key: list(value) if isinstance(value, (list, tuple)) else value for key, value in out.items()}
 
 
 def make_env(config, task: str | None = None, seed: int = 0, index: int = 0):
@@ -47,7 +37,7 @@ def make_env(config, task: str | None = None, seed: int = 0, index: int = 0):
         task = config["task"] if isinstance(config, dict) else config.task
     env = MetaWorldEnv(task, obs=settings["obs"], size=settings["size"], camera=settings["camera"],
                        camera_pos=settings["camera_pos"], render_fast=settings["render_fast"],
-                       seed=int(seed) + int(index), mujoco_gl=settings["mujoco_gl"])
+                       mujoco_gl=settings["mujoco_gl"], seed=int(seed) + int(index))
     env = TimeLimit(env, settings["time_limit"])
     env = ActionRepeat(env, settings["action_repeat"])
     return Bookkeeping(env)
@@ -55,6 +45,6 @@ def make_env(config, task: str | None = None, seed: int = 0, index: int = 0):
 
 __all__ = [
     "ACTION_DIM", "STATE_DIM", "TASK_PREFIX", "ENV_KEYS", "MetaWorldEnv", "ActionRepeat", "TimeLimit", "Bookkeeping",
-    "VecEnv", "EnvWorkerError", "make_env", "env_settings", "env_name", "task_dir_name", "valid_tasks",
-    "select_gl_backend", "TASKS", "TaskNameError", "canonical_task", "canonical_tasks",
+    "VecEnv", "EnvWorkerError", "make_env", "env_settings", "env_name", "short_name", "valid_tasks",
+    "select_gl_backend", "headless_gl", "TASKS", "TaskNameError", "canonical_task", "canonical_tasks",
 ]

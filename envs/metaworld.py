@@ -41,6 +41,13 @@ def _close_live_envs() -> None:
 
 # --- headless rendering backend ------------------------------------------------------------------
 
+def headless_gl() -> str:
+    """MUJOCO_GL for a first import of mujoco outside an env (metaworld's scripted experts import it): the value
+    already set, else egl. mujoco reads it once, at that import, and its own default needs a display. An env
+    picks its configured `mujoco_gl` with `select_gl_backend` instead, while mujoco is not imported yet."""
+    return os.environ.setdefault("MUJOCO_GL", GL_BACKENDS[0])
+
+
 def _gl_works(backend: str) -> tuple[bool, str]:
     """Try one offscreen context in a child process: a broken EGL makes `import mujoco` itself fail,
     and a failed import cannot be undone inside this process."""
@@ -99,9 +106,9 @@ class MetaWorldEnv:
     `observe=False` to skip building the observation (the action-repeat wrapper renders only the last frame).
     """
 
-    def __init__(self, task: str, obs: str = "pixel", size: Sequence[int] = (64, 64), camera: str = "corner2",
-                 camera_pos: Sequence[float] | None = (0.75, 0.075, 0.7), render_fast: bool = True,
-                 seed: int = 0, mujoco_gl: str = "egl"):
+    def __init__(self, task: str, *, obs: str, size: Sequence[int], camera: str, camera_pos: Sequence[float] | None,
+                 render_fast: bool, mujoco_gl: str, seed: int = 0):
+        # No defaults here: configs.yaml's `defaults` block holds them (envs.make_env passes a config's values).
         if obs not in OBS_MODES:
             raise ValueError(f"obs must be one of {OBS_MODES}, got '{obs}'")
         size = tuple(int(s) for s in size)

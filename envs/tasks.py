@@ -75,6 +75,11 @@ def env_name(task: str) -> str:
     return _key(canonical_task(task)).replace("_", "-") + VERSION
 
 
-def task_dir_name(task: str) -> str:
-    """Folder name for a task's data: 'metaworld_drawer_close' -> 'drawer_close'."""
-    return _key(canonical_task(task))
+def short_name(task: str) -> str:
+    """The short form of a task: its data folder, sweep axis and report label ('metaworld_drawer_close', in any
+    accepted spelling, -> 'drawer_close'). A name that is no Meta-World task (e.g. an old teacher's) only loses
+    the prefix."""
+    try:
+        return _key(canonical_task(task))
+    except TaskNameError:
+        return str(task).removeprefix(PREFIX)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from envs.tasks import short_name
 from tools import atomic_write
 
 from . import stats
@@ -146,7 +147,7 @@ def distance_figure(tasks: Sequence[str], frechet: dict, reference: dict, studen
     """The figure of `plot_distances` (two axes of bars, legends above the tallest bar)."""
     fig, axes = _figure(10.0, 4.0, ncols=2)
     x = np.arange(len(tasks))
-    labels = [t.replace("metaworld_", "") for t in tasks]
+    labels = [short_name(t) for t in tasks]
     axes[0].bar(x - 0.2, [frechet[t] or 0.0 for t in tasks], 0.4, label="student vs task")
     axes[0].bar(x + 0.2, [reference[t] or 0.0 for t in tasks], 0.4, label="calibration episodes of the task vs task")
     axes[0].set_ylabel("Fréchet distance")
@@ -240,7 +241,7 @@ def summary_lines(report: dict) -> list[str]:
 
     s, ind, det = report["student"], report["in_distribution"], report["detection"]
     flag = report["settings"]["score"]
-    hist = ", ".join(f"{t.replace('metaworld_', '')} {c}" for t, c in s["closest_task_histogram"].items())
+    hist = ", ".join(f"{short_name(t)} {c}" for t, c in s["closest_task_histogram"].items())
     lines = [
         f"OOD detection: teacher {report['teacher']['path']} ({len(report['tasks'])} source tasks), "
         f"{s['n']} student episodes",
@@ -252,7 +253,7 @@ def summary_lines(report: dict) -> list[str]:
         f"FPR@95%TPR min {num(det['min']['fpr_at_95tpr'])}, mixture {num(det['mixture']['fpr_at_95tpr'])}",
         f"  closest task of student episodes: {hist}",
         "  Fréchet distance student vs task: " + ", ".join(
-            f"{t.replace('metaworld_', '')} {num(v, '.3g')}" for t, v in s["frechet"].items())
+            f"{short_name(t)} {num(v, '.3g')}" for t, v in s["frechet"].items())
         + "  (the task's calibration episodes: " + ", ".join(
             f"{num(v, '.3g')}" for v in report["frechet_calib_vs_fit"].values()) + ")",
         f"  student success ({s['success_rule']}): {pct(s['success_rate'])}",
@@ -277,7 +278,6 @@ def closest_vs_frechet_note(student: dict) -> str | None:
     by_episode, by_set = max(hist, key=hist.get), min(frechet, key=frechet.get)
     if by_episode == by_set:
         return None
-    short = lambda t: t.replace("metaworld_", "")  # noqa: E731
-    return (f"  note: most episodes lie closest to {short(by_episode)} (each episode's own distance to each task's "
-            f"Gaussian), while the set as a whole is nearest to {short(by_set)} (Fréchet compares the set's mean "
+    return (f"  note: most episodes lie closest to {short_name(by_episode)} (each episode's own distance to each task's "
+            f"Gaussian), while the set as a whole is nearest to {short_name(by_set)} (Fréchet compares the set's mean "
             f"and spread with the task's); both are right, they answer different questions")

@@ -12,21 +12,12 @@ import numpy as np
 
 import replay
 from tools import UsageError, prefill_episode
-from envs.tasks import TaskNameError, canonical_task, task_dir_name
+from envs.tasks import TaskNameError, canonical_task, short_name
 
 
 class OODInputError(UsageError, ValueError):
     """Input the OOD detector cannot use (missing episodes, wrong observation type, unknown task);
     the message says which input and why, in one line."""
-
-
-def short_name(task: str) -> str:
-    """Folder name of a task under a data root: `metaworld_drawer_close` -> `drawer_close` (a name that is no
-    Meta-World task, e.g. from an old teacher, is used as it is)."""
-    try:
-        return task_dir_name(task)
-    except TaskNameError:
-        return task
 
 
 def _canonical(task: str) -> str:

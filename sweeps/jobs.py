@@ -13,6 +13,7 @@ import dataclasses
 import pathlib
 import sys
 
+from envs.tasks import short_name
 from sweeps.spec import Spec
 
 
@@ -33,10 +34,6 @@ class Job:
     @property
     def done_marker(self) -> pathlib.Path:
         return self.logdir.with_name(self.logdir.name + ".done")
-
-
-def short(task: str) -> str:
-    return task.removeprefix("metaworld_")
 
 
 def as_args(flags: dict) -> list[str]:
@@ -77,7 +74,7 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
         jobs.append(job)
         return job
 
-    data_dirs = [str(root / "data" / short(t)) for t in spec.source_tasks]
+    data_dirs = [str(root / "data" / short_name(t)) for t in spec.source_tasks]
     if spec.source_tasks:
         # Data collection runs the scripted experts on the CPU only.
         collect = add("data", "collect_data.py", ["--tasks", ",".join(spec.source_tasks), "--out", str(root / "data"),
@@ -95,7 +92,7 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
     for seed in spec.seeds:
         for target in spec.targets:
             for method in spec.methods:
-                name = f"students/{short(target)}/{method.name}/seed{seed}"
+                name = f"students/{short_name(target)}/{method.name}/seed{seed}"
                 teacher = [] if method.teacher is None else [
                     "--teacher_model_path", str(root / "teachers" / method.teacher / "teacher.pt")]
                 deps = [] if method.teacher is None else [f"teachers/{method.teacher}"]
@@ -104,7 +101,7 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
                                      *teacher, "--task", target, "--seed", str(seed), "--logdir", str(root / name)],
                                     deps))
                 if spec.ood and method.teacher is not None:
-                    ood = f"ood/{short(target)}/{method.name}/seed{seed}"
+                    ood = f"ood/{short_name(target)}/{method.name}/seed{seed}"
                     add(ood, "ood_detection.py",
                         [*ood_args, *sources, *teacher, "--ood_threads", threads(cpus),
                          "--source_dir", ",".join(data_dirs), "--student_dir", str(root / name / "train_eps"), "--out", str(root / ood)], [name])

@@ -1,12 +1,14 @@
 """Shared test set-up: headless rendering before any mujoco import, one torch thread per test process."""
-import os
 import pathlib
 import sys
 
-os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from envs import headless_gl  # noqa: E402
+
+headless_gl()  # before any test imports mujoco
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

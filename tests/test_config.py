@@ -1,5 +1,4 @@
 """Config blocks, typed flags, errors that name the closest key, schedules."""
-import pathlib
 
 import pytest
 
@@ -38,6 +37,16 @@ def test_flags_are_typed_from_defaults(flag, text, expected):
 def test_unknown_flag_names_closest_key():
     with pytest.raises(configs.ConfigError, match="did you mean '--batch_size'"):
         configs.load_config(["--batch_sise", "3"])
+
+
+def test_a_renamed_flag_still_works_with_one_deprecation_line(capsys):
+    for argv in (["--pretrain", "7"], ["--pretrain=7"]):
+        config = configs.load_config(argv)
+        assert config.prefill_updates == 7 and "pretrain" not in config
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["warning: --pretrain is deprecated and will be removed; use --prefill_updates"], err
+    for old, new in configs.RENAMED.items():  # every alias points at a key that exists, and shadows none
+        assert new in configs.read_blocks()["defaults"] and old not in configs.read_blocks()["defaults"], (old, new)
 
 
 def test_unknown_block_names_closest_block():

@@ -18,6 +18,7 @@ import torch
 
 import tools
 import configs
+from envs import short_name
 from models.agent import Agent
 from bench import distill_step, teacher_step
 from models import TeacherWorldModel, compile_heavy
@@ -115,7 +116,7 @@ def test_pixel_pipeline_collect_pretrain_distill_ood(device, tmp_path):
     import ood_detection
 
     data, teacher, student, ood = (tmp_path / n for n in ("data", "teacher", "student", "ood"))
-    dirs = ",".join(str(data / t.removeprefix("metaworld_")) for t in SOURCES)
+    dirs = ",".join(str(data / short_name(t)) for t in SOURCES)
     precision = "16" if device.type == "cuda" else "32"
     common = ["--configs", "defaults", "metaworld", "debug", "--source_tasks", ",".join(SOURCES),
               "--source_task_dirs", dirs, "--device", str(device), "--precision", precision, "--progress", "False"]

@@ -147,7 +147,7 @@ def test_unknown_task_lists_valid_ones():
     message = str(err.value)
     assert "metaworld_coffe_push" in message and "metaworld_coffee_push" in message
     assert envs.env_name("metaworld_coffee_push") == "coffee-push-v3"
-    assert envs.task_dir_name("metaworld_coffee_push") == "coffee_push"
+    assert envs.short_name("metaworld_coffee_push") == "coffee_push"
     assert len(envs.valid_tasks()) == 50
 
 

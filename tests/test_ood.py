@@ -13,6 +13,7 @@ import scipy.spatial.distance
 import torch
 
 import ood_detection
+from envs import short_name
 from ood import pipeline
 import replay
 from ood import stats
@@ -204,7 +205,7 @@ def synthetic(tmp_path):
     centres = [rng.normal(size=39) * 2 for _ in TASKS]
     root = tmp_path / "data"
     for task, centre in zip(TASKS, centres):
-        name = task.replace("metaworld_", "")
+        name = short_name(task)
         _write(root / "src" / name, [_episode(rng, centre, length=10 + i % 4) for i in range(24)])
         _write(root / "heldout" / name, [_episode(rng, centre) for _ in range(10)])
     far = rng.normal(size=39) * 2 + 3
@@ -371,7 +372,7 @@ def test_pipeline_collect_pretrain_detect(tmp_path):
     call("collect_data.py", "--tasks", ",".join(tasks + ["metaworld_door_open"]), "--episodes", "5", "--obs", "state",
          "--noise", "0.1", "--random_frac", "0.1", "--workers", "1", "--out", str(data), "--seed", "0",
          "--progress", "False", "--time_limit", "40")
-    dirs = [str(data / t.removeprefix("metaworld_")) for t in tasks]
+    dirs = [str(data / short_name(t)) for t in tasks]
     call("dreamer_pretrain.py", *common, "--source_tasks", ",".join(tasks), "--source_task_dirs", ",".join(dirs),
          "--pretrain_iterations", "2", "--logdir", str(tmp_path / "teacher"), "--progress", "False")
     out = tmp_path / "ood"

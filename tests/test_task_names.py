@@ -30,7 +30,7 @@ def test_task_list_mirrors_metaworld():
 @pytest.mark.parametrize("form", FORMS)
 def test_every_form_is_accepted_and_stored_canonically(form):
     assert canonical_task(form) == "metaworld_drawer_close"
-    assert envs.env_name(form) == "drawer-close-v3" and envs.task_dir_name(form) == "drawer_close"
+    assert envs.env_name(form) == "drawer-close-v3" and envs.short_name(form) == "drawer_close"
     config = configs.load_config(["--task", form, "--source_tasks", f"reach,{form},door-open-v3"])
     assert config.task == "metaworld_drawer_close"
     assert config.source_tasks == ["metaworld_reach", "metaworld_drawer_close", "metaworld_door_open"]

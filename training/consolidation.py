@@ -10,7 +10,6 @@ Prints one row per task (success at any step / at the final step, mean return) a
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 import warnings
@@ -96,13 +95,14 @@ def evaluate_teacher_actor(teacher_path, episodes: int = 20, seed: int = 0, n_en
 
 
 def main(argv=None) -> int:
+    import envs
     import tools
 
     from methods.base import MethodError
 
     try:
         config = configs.load_config(argv, description=__doc__.splitlines()[0])
-        os.environ.setdefault("MUJOCO_GL", config.mujoco_gl)
+        envs.select_gl_backend(config.mujoco_gl)  # before the experts import mujoco
         if not config.teacher_model_path:
             raise MethodError("--teacher_model_path is required (a teacher.pt with a behaviour actor)")
         if config.threads > 0:

@@ -86,24 +86,6 @@ def build_agent(config, device):
     return agent
 
 
-def load_agent(path, device="cpu"):
-    """Rebuild a student Agent from a student checkpoint (`latest.pt`) to act or evaluate: world model and
-    behavior weights only (no distiller, no optimizer state). Returns (agent in eval mode, payload)."""
-    from models.agent import Agent
-    from models.world_model import obs_shapes_from
-
-    payload = tools.load_checkpoint(path, map_location=device)
-    if "agent" not in payload:
-        raise tools.CheckpointError(f"{path}: not a student checkpoint (no 'agent'; a teacher.pt?)")
-    config = configs.Config({**configs.read_blocks()["defaults"], **payload["config"]})
-    agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
-    agent.wm.load_state_dict(payload["agent"]["wm"])
-    agent.behavior.load_state_dict(payload["agent"]["behavior"])
-    agent.updates = int(payload["agent"]["updates"])
-    agent.train_mode(False)
-    return agent, payload
-
-
 def due(step: int, previous: int, every: int) -> bool:
     """Whether a multiple of `every` lies in (previous, step]."""
     return every > 0 and step // every > previous // every
