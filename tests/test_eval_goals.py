@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
+import configs
 import dreamer_distill
 import envs
 import replay
 from training.evaluation import evaluate, goal_seeds
 
-STATE = {"obs": "state", "time_limit": 6, "action_repeat": 2}
+STATE = configs.load_config(["--obs", "state", "--time_limit", "6", "--action_repeat", "2"])
 
 
 class StillAgent:
