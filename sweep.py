@@ -2,6 +2,7 @@
 
   python sweep.py sweeps/specs/state_methods.yaml                  # local Ray sized to this machine
   python sweep.py sweeps/specs/state_methods.yaml --address auto   # the same sweep on a running Ray cluster
+  python sweep.py sweeps/specs/my.yaml --archive docs/results/my    # keep results in the repo, continue anywhere
 
 Running the same command again starts only what is not finished. The spec format: README.md ("Sweeps").
 """
@@ -22,11 +23,15 @@ def run(argv=None) -> None:
     parser.add_argument("--num_gpus", type=int, default=None, help="local Ray: GPUs to use (default: all)")
     parser.add_argument("--retries", type=int, default=2, help="resumes of a job whose process was killed")
     parser.add_argument("--dry_run", action="store_true", help="print the job commands and exit")
+    parser.add_argument("--archive", default=None,
+                        help="folder (e.g. docs/results/<name>) that keeps each finished job's config, metrics, done "
+                             "marker and summary (a teacher's weights too) and continues the sweep from them on any "
+                             "machine (docs/evaluation.md)")
     args = parser.parse_args(argv)
 
     from sweeps.driver import drive
 
-    drive(args.spec, args.address, args.num_cpus, args.num_gpus, args.retries, args.dry_run)
+    drive(args.spec, args.address, args.num_cpus, args.num_gpus, args.retries, args.dry_run, args.archive)
 
 
 def main(argv=None) -> int:

@@ -9,17 +9,22 @@ import tools
 
 
 def drive(spec_path: str, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-          retries: int = 2, dry_run: bool = False) -> None:
-    """Run every unfinished job of the sweep `spec_path`; raise tools.RunFailed if any job failed."""
-    from sweeps import jobs as job_graph, local_ray, runner, spec as spec_module
+          retries: int = 2, dry_run: bool = False, archive: str | None = None) -> None:
+    """Run every unfinished job of the sweep `spec_path`; raise tools.RunFailed if any job failed.
+    `archive`: a folder that keeps each finished job's small outputs and continues the sweep from them
+    (sweeps/archive.py)."""
+    from sweeps import archive as archives, jobs as job_graph, local_ray, runner, spec as spec_module
     from sweeps.progress import Progress
 
     spec = spec_module.load(spec_path, runner.REPO)
     jobs = job_graph.build(spec)
+    store = archives.Archive(archive, spec.root) if archive else None
     if dry_run:
         for job in jobs:
-            print(f"{job.name}: {shlex.join(job.command)}")
+            print(f"{job.name}: {shlex.join(job.command)}" + (" (archived)" if store and store.has(job) else ""))
         return
+    if store is not None:
+        jobs = archives.prepare(store, jobs, runner.finished_before(jobs), lambda text: print(f"[sweep] {text}"))
     progress = Progress(len(jobs))
     if address is None:
         local_ray.clean_up(spec.root)  # what a driver killed with kill -9 left running
@@ -29,7 +34,7 @@ def drive(spec_path: str, address: str | None = None, num_cpus: int | None = Non
         # A local Ray lives exactly as long as this driver; a cluster's Ray outlives it.
         with local_ray.session(spec.root) if address is None else contextlib.nullcontext():
             runner.init_ray(address, num_cpus, num_gpus)
-            outcomes = runner.run(jobs, progress, retries=retries)
+            outcomes = runner.run(jobs, progress, retries=retries, on_done=store.store if store else None)
     print(runner.summary(outcomes, jobs), flush=True)
     report = spec.root / "report" / "results.md"
     if report.exists():

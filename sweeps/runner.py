@@ -109,8 +109,10 @@ def finished_before(jobs: list[Job]) -> set[str]:
     return {job.name for job in jobs if job.name in done and not (job.after_settled and not set(job.deps) <= done)}
 
 
-def run(jobs: list[Job], progress: Progress, retries: int = 2, poll_s: float = 1.0) -> dict[str, Outcome]:
-    """Drive the graph to the end; Ctrl-C cancels the running jobs (they save and resume next time)."""
+def run(jobs: list[Job], progress: Progress, retries: int = 2, poll_s: float = 1.0,
+        on_done=None) -> dict[str, Outcome]:
+    """Drive the graph to the end; Ctrl-C cancels the running jobs (they save and resume next time).
+    `on_done(job)` runs as each job finishes successfully, before any job that needs it starts."""
     import ray
 
     outcomes = {job.name: Outcome() for job in jobs}
@@ -136,6 +138,8 @@ def run(jobs: list[Job], progress: Progress, retries: int = 2, poll_s: float = 1
             for ref in finished:
                 job = running.pop(ref)
                 _finish(job, ref, outcomes[job.name], progress)
+                if on_done is not None and outcomes[job.name].state == "done":
+                    on_done(job)
     except KeyboardInterrupt:
         progress.event(f"interrupted: stopping {len(running)} running job(s); they resume when this command runs again")
         for ref in running:
