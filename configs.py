@@ -327,7 +327,7 @@ NOT_READ = {"collect_data.py": ("task", "obs", "envs", "eval_envs")}
 
 # script -> (the key that sets the run's length, the intervals that scale with it when only it is given)
 SCALED = {
-    "dreamer_distill.py": ("steps", ("log_every", "eval_every", "checkpoint_every", "video_every")),
+    "dreamer_distill.py": ("steps", ("log_every", "eval_every", "checkpoint_every", "video_every", "probe_every")),
     "dreamer_pretrain.py": ("pretrain_iterations", ("log_every", "checkpoint_every")),
 }
 

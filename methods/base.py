@@ -14,15 +14,18 @@ buffers and `get_extra_state`) travels in the student's checkpoint. The frozen t
 behaviour teachers) are held outside the module tree: in no optimizer, not in `state_dict` (they
 are reloaded from the teacher file on resume), never switched to train mode.
 
-`TeacherMethod` shares what the methods of this package use: teacher features of the student's
-batch under the active source-task views, bf16 teacher encoder, the relevance EMA, progressive
-pruning of views and pruning events.
+`TeacherMethod` shares what the methods of this package use: teacher features (and states) of the
+student's batch under the active source-task views, bf16 teacher encoder, the coefficient (a schedule, or
+`auto`: held at a gradient share, methods/weight.py), the relevance EMA and its statistics, progressive
+pruning of views and pruning events, and the two controls: a random teacher (`teacher_random_seed`) and
+shuffled view labels (`shuffle_views`).
 
 Shape legend: V active task views, K source tasks, B batch, T time, Ft teacher feature size,
 Fs student feature size, A action size.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -30,7 +33,11 @@ from torch import nn
 
 import configs
 import tools
+from models.teacher_io import reinitialise
 from tools import OBS_KEYS, UsageError
+
+from .targets import TARGETS, horizon
+from .weight import ShareController, is_auto
 
 
 class MethodError(UsageError, ValueError):
@@ -54,6 +61,8 @@ class TeacherMethod(Method):
 
     weight_key = "distill_weight"
     prunes = False
+    distill_targets: tuple[str, ...] = ("posterior",)  # the `distill_target` values the method implements
+    shuffles = False  # whether the method reads view labels that `shuffle_views` can permute
 
     def __init__(self, teacher: nn.Module, student_feat: int, config, behaviour=None, logger=None,
                  verbose: bool = True):
@@ -61,6 +70,7 @@ class TeacherMethod(Method):
         c = config
         object.__setattr__(self, "teacher", teacher)
         object.__setattr__(self, "behaviour", behaviour)
+        self._controls(c)
         teacher.eval()
         teacher.requires_grad_(False)
         for net in (getattr(behaviour, "actor", None), getattr(behaviour, "critic", None)):
@@ -75,7 +85,7 @@ class TeacherMethod(Method):
         self.floor = float(c["relevance_floor"])
         self.ema_decay = float(c["relevance_ema"])
         self.sample = bool(c["teacher_sample"])
-        self.weight_fn = configs.schedule(c[self.weight_key])
+        self._coefficient(c)
         self.teacher_precision = str(c.get("teacher_precision", "auto"))
         if self.teacher_precision not in ("auto", "16", "32"):
             raise MethodError(f"teacher_precision must be auto, 16 or 32, got '{self.teacher_precision}'")
@@ -99,6 +109,44 @@ class TeacherMethod(Method):
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_active())
         self._refresh_active()
 
+    def _controls(self, c) -> None:
+        """What is matched (`distill_target`, `distill_horizon`) and the controls: a random teacher re-initialised
+        in place from `teacher_random_seed` (>= 0), view labels permuted per batch (`shuffle_views`)."""
+        self.target = str(c.get("distill_target", "posterior"))
+        if self.target not in TARGETS:
+            raise MethodError(f"distill_target must be one of {', '.join(TARGETS)}, got '{self.target}'")
+        if self.target not in self.distill_targets:
+            raise MethodError(f"distill_mode '{self.name}' matches only {', '.join(self.distill_targets)}, not "
+                              f"distill_target '{self.target}'; use comet or vid2act for transition targets")
+        self.horizon = horizon(self.target, int(c.get("distill_horizon", 5)))
+        length = int(c.get("batch_length", 0))
+        if self.target == "open_loop" and not 1 <= self.horizon < length:
+            raise MethodError(f"distill_horizon must lie in [1, batch_length {length}), got {self.horizon}")
+        self.random_seed = int(c.get("teacher_random_seed", -1))
+        if self.random_seed >= 0:
+            reinitialise(self.teacher, self.random_seed)
+        self.shuffle = bool(c.get("shuffle_views", False))
+        if self.shuffle and not self.shuffles:
+            raise MethodError(f"shuffle_views needs a method whose projection reads the view labels (comet with "
+                              f"conditional_distill True); distill_mode '{self.name}' has none to shuffle")
+        self.shuffle_seed = int(c.get("seed", 0))
+
+    def _coefficient(self, c) -> None:
+        """The coefficient of the method's term: a schedule of its updates, or (`auto`) a ShareController."""
+        spec = c[self.weight_key]
+        self.auto = None
+        self.weight_fn = None
+        if not is_auto(spec):
+            self.weight_fn = configs.schedule(spec)
+            return
+        if int(c.get("grad_share_every", 0)) <= 0:
+            raise MethodError(f"{self.weight_key} auto is held at a measured gradient share: set grad_share_every "
+                              f"> 0 (world-model updates between measurements, e.g. 20)")
+        try:
+            self.auto = ShareController.from_config(c)
+        except ValueError as err:
+            raise MethodError(str(err)) from None
+
     # --- module plumbing ----------------------------------------------------------------------
 
     def _frozen(self) -> list[nn.Module]:
@@ -121,14 +169,25 @@ class TeacherMethod(Method):
         return self
 
     def get_extra_state(self) -> dict:
-        return {"source_tasks": list(self.task_names), "distill_mode": self.mode}
+        state = {"source_tasks": list(self.task_names), "distill_mode": self.mode}
+        # Only what differs from the defaults, so checkpoints written before these options resume unchanged.
+        if self.target != "posterior":
+            state.update(distill_target=self.target, distill_horizon=self.horizon)
+        if self.random_seed >= 0:
+            state["teacher_random_seed"] = self.random_seed
+        if self.shuffle:
+            state["shuffle_views"] = True
+        if self.auto is not None:
+            state["distill_weight"] = "auto"
+        return state
 
     def set_extra_state(self, state: dict) -> None:
         mine = self.get_extra_state()
         if state != mine:
             raise MethodError(f"distiller state was saved for {state}, but this run distills {mine}; resume "
                               f"with the same teacher and --distill_mode / --conditional_distill / "
-                              f"--distill_direction")
+                              f"--distill_direction / --distill_target / --teacher_random_seed / --shuffle_views / "
+                              f"--distill_weight")
 
     def _refresh_active(self) -> None:
         """Python-side copies of the active set and the update count (no device sync per update)."""
@@ -168,12 +227,15 @@ class TeacherMethod(Method):
     # --- teacher reads --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def teacher_features(self, data: dict, tasks: Sequence[int] | None = None) -> torch.Tensor:
+    def teacher_features(self, data: dict, tasks: Sequence[int] | None = None, return_states: bool = False):
         """Teacher posterior features of the student's batch under the given (default: active) views:
-        (V, B, T, Ft). Experts run once; pruned views are not computed."""
+        (V, B, T, Ft), and with `return_states` also the posterior states (V, B, T, ...). Experts run once;
+        pruned views are not computed."""
         tasks = self.active_ids if tasks is None else list(tasks)
         bf16 = self.teacher_bf16(data["action"].device)
-        return self.teacher.task_features(data, tasks, sample=self.sample, encoder_bf16=bf16).float()
+        out = self.teacher.task_features(data, tasks, sample=self.sample, encoder_bf16=bf16,
+                                         return_states=return_states)
+        return (out[0].float(), out[1]) if return_states else out.float()
 
     def teacher_bf16(self, device: torch.device) -> bool:
         """Whether the teacher's encoder runs in bf16 on `device`: `teacher_precision` 16 always, 32 never,
@@ -205,21 +267,41 @@ class TeacherMethod(Method):
         data = {k: v[:n] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b else v for k, v in data.items()}
         return (data, *[x[:n] for x in tensors])
 
+    def view_labels(self) -> torch.Tensor:
+        """The source-task label of each active view for this update (V,): the views' own ids, or with
+        `shuffle_views` a uniformly random permutation of them, drawn from (seed, update) alone so that a
+        resumed run draws the same ones."""
+        if not self.shuffle or len(self.active_ids) < 2:
+            return self._ids
+        generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + self.n_updates)
+        order = torch.randperm(len(self.active_ids), generator=generator)
+        return self._ids[order.to(self._ids.device)]
+
     # --- one update ------------------------------------------------------------------------------
+
+    def coefficient(self) -> float | torch.Tensor:
+        """The coefficient of this update: the schedule's value (float), or the auto controller's (0-d tensor)."""
+        return self.auto.coefficient() if self.auto is not None else self.weight_fn(self.n_updates)
+
+    def record_share(self, share: torch.Tensor) -> None:
+        """The gradient share of the last update's term (models/grad_share.py); moves an `auto` coefficient."""
+        if self.auto is not None:
+            self.auto.update(share)
 
     def run_update(self, compute, ref: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         """Count one update of this method: `compute() -> (raw loss, metric names, metric values)` runs
         unless the coefficient schedule is at zero (then the teacher is not run at all, and relevance EMAs
         and pruning pause); returns (scale * raw, metrics as floats, read with one device sync)."""
-        scale = self.weight_fn(self.n_updates)
-        if scale == 0.0:
+        scale = self.coefficient()
+        if self.auto is None and scale == 0.0:
             raw, names, values = ref.new_zeros(()), [], []
         else:
             raw, names, values = compute()
         self.n_updates += 1
         self.updates.fill_(self.n_updates)
         names = ["distill/loss", "distill/scale", "distill/active_tasks"] + names
-        values = [raw.detach(), raw.new_tensor(scale), raw.new_tensor(float(len(self.active_ids)))] + list(values)
+        values = [raw.detach(), torch.as_tensor(scale, dtype=raw.dtype, device=raw.device),
+                  raw.new_tensor(float(len(self.active_ids)))] + list(values)
         values += [self.ema[i] for i in range(self.n_tasks)]
         names += [f"distill/relevance_ema_{name}" for name in self.task_names]
         metrics = dict(zip(names, torch.stack([v.float() for v in values]).tolist()))  # one sync
@@ -228,6 +310,23 @@ class TeacherMethod(Method):
         return scale * raw, metrics
 
     # --- relevance EMA and pruning -------------------------------------------------------------
+
+    def relevance_stats(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[list[str], list]:
+        """How spread the relevance is, from the raw weights w (V, ...) over the active views (the views on
+        axis 0, positions after it, `mask` marking the positions that count): the mean entropy of w over the
+        positions divided by log V (1: uniform, 0: all weight on one view; 0 with one view) and, per view, the
+        share of positions where it has the largest weight. Returns (metric names, 0-d tensors)."""
+        v = w.shape[0]
+        flat = w.detach().float().reshape(v, -1)  # (V, P)
+        keep = torch.ones_like(flat[0]) if mask is None else mask.reshape(-1).to(flat.dtype)  # (P,)
+        count = keep.sum().clamp(min=1)
+        entropy = -(flat * flat.clamp(min=1e-12).log()).sum(0)  # (P,)
+        norm = math.log(v) if v > 1 else 1.0
+        top = torch.nn.functional.one_hot(flat.argmax(0), v).to(flat.dtype)  # (P, V)
+        argmax = (top * keep[:, None]).sum(0) / count  # (V,)
+        names = ["distill/relevance_entropy"] + [f"distill/relevance_argmax_{self.task_names[i]}"
+                                                 for i in self.active_ids]
+        return names, [(entropy * keep).sum() / count / norm] + list(argmax)
 
     @torch.no_grad()
     def update_ema(self, mean_w: torch.Tensor) -> None:
@@ -272,6 +371,11 @@ def tensorboard_layout() -> dict:
         "active source tasks": ["train/distill/active_tasks"],
         "distillation loss": ["train/distill/loss", "train/distill/scale"],
         "match / error per source task": ["train/distill/(match|reward_err|action_err|teacher_q)_.*"],
+        "gradient share r = |grad L_distill| / |grad L_wm| (encoder + RSSM)": ["train/distill/grad_share"],
+        "gradient norms (encoder + RSSM)": ["train/distill/grad_norm_.*"],
+        "relevance entropy / log V": ["train/distill/relevance_entropy"],
+        "share of positions where a view has the largest relevance": ["train/distill/relevance_argmax_.*"],
+        "state probe R^2 (student, teacher views)": ["probe/.*"],
     }}
 
 

@@ -4,7 +4,9 @@ weighted by learned relevance, with progressive pruning of the least relevant so
 L = sum_{k active} mean_{b,t}(max(floor, w_k) * |P(t_k, k) - s|^2) / Fs, w = softmax over the active
 views of g([t_k, sg(s)]); the lowest-EMA view is pruned every `prune_every` updates down to
 `min_active_tasks`. With `distill_direction: student_to_teacher` the matched pair is (Q(s, k), t_k),
-normalised by Ft.
+normalised by Ft. `distill_target` decides what t_k and s are (methods/targets.py): posterior features
+(default), one-step transition predictions (`prior`) or k-step open-loop predictions (`open_loop`, the mean
+then runs over the valid (start, step) pairs instead of (b, t)).
 
 Design decisions:
 * Gradients of the matching term flow into the student through its posterior feature s: shaping
@@ -31,6 +33,7 @@ import torch
 from models.networks import MLP
 
 from .base import MethodError, TeacherMethod
+from .targets import TARGETS, student_predictions, teacher_predictions
 
 DIRECTIONS = ("teacher_to_student", "student_to_teacher")
 
@@ -40,12 +43,17 @@ class Comet(TeacherMethod):
     encoder = "moe"  # pruning saves work only because a MoE teacher's experts are shared by all views
     prunes = True
     conditional_projection = True
+    distill_targets = TARGETS
+    shuffles = True
 
     def __init__(self, teacher, student_feat: int, config, behaviour=None, logger=None, verbose: bool = True):
         super().__init__(teacher, student_feat, config, behaviour, logger, verbose)
         c = config
         ft, fs = self.teacher_feat, self.student_feat
         self.conditional = bool(c["conditional_distill"]) and self.conditional_projection
+        if self.shuffle and not self.conditional:
+            raise MethodError(f"shuffle_views permutes the view labels of a conditioned projection; distill_mode "
+                              f"'{self.name}' with conditional_distill {c['conditional_distill']} reads none")
         direction = c.get("distill_direction", "teacher_to_student")
         if direction not in DIRECTIONS:
             raise MethodError(f"distill_direction must be one of {DIRECTIONS}, got '{direction}'")
@@ -60,13 +68,17 @@ class Comet(TeacherMethod):
     def get_extra_state(self) -> dict:
         return {**super().get_extra_state(), "conditional": self.conditional, "to_teacher": self.to_teacher}
 
-    def project(self, x: torch.Tensor, tasks: Sequence[int] | None = None) -> torch.Tensor:
-        """The projection for the views `tasks` (default: active): P(t_k, k) (V, B, T, Ft) -> (V, B, T, Fs);
-        with `distill_direction: student_to_teacher`, Q(s, k) (V, B, T, Fs) -> (V, B, T, Ft)."""
+    def project(self, x: torch.Tensor, tasks: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """The projection under the view labels `tasks` (default: the active views' own): P(t_k, k)
+        (V, B, T, Ft) -> (V, B, T, Fs); with `distill_direction: student_to_teacher`, Q(s, k) (V, B, T, Fs) ->
+        (V, B, T, Ft)."""
         size = self.student_feat if self.to_teacher else self.teacher_feat
         assert x.shape[-1] == size, f"projection input {tuple(x.shape)}, expected last size {size}"
         if self.conditional:
-            ids = self._ids if tasks is None else torch.as_tensor(list(tasks), device=x.device)
+            if tasks is None:
+                ids = self._ids
+            else:
+                ids = tasks.to(x.device) if torch.is_tensor(tasks) else torch.as_tensor(list(tasks), device=x.device)
             assert ids.shape == x.shape[:1], f"one task id per view: {tuple(ids.shape)} vs {tuple(x.shape)}"
             return self.proj(x, ids)
         return self.proj(x)
@@ -82,20 +94,36 @@ class Comet(TeacherMethod):
         labels pruning events. Returns (scalar loss, flat dict of floats)."""
         s = wm.dynamics.get_feat(post).float()  # (B, T, Fs)
         assert s.shape[-1] == self.student_feat, f"student feature size {s.shape[-1]}, expected {self.student_feat}"
-        data, s = self.subset(data, s)
-        return self.run_update(lambda: self._latent_loss(data, s), s, step)
+        keys = list(post)
+        data, s, *states = self.subset(data, s, *post.values())
+        post = dict(zip(keys, states))
+        return self.run_update(lambda: self._target_loss(data, post, s, wm), s, step)
 
-    def _latent_loss(self, data: dict, s: torch.Tensor):
-        t = self.teacher_features(data)  # (V, B, T, Ft)
+    def _target_loss(self, data: dict, post: dict, s: torch.Tensor, wm):
+        """The pairs `distill_target` matches: teacher (V, B', T', Ft) and student (B', T', Fs) features with the
+        positions that count (B', T') or None (all); (B', T') = (B, T) for posteriors, (M, k) for predictions."""
+        if self.target == "posterior":
+            return self._latent_loss(self.teacher_features(data), s, None)
+        _, states = self.teacher_features(data, return_states=True)  # (V, B, T, ...)
+        t = teacher_predictions(self.teacher, states, data, self.active_ids, self.horizon, self.sample)
+        s, valid = student_predictions(wm.dynamics, post, data, self.horizon)  # (M, k, Fs), (M, k)
+        return self._latent_loss(t, s, valid)
+
+    def _latent_loss(self, t: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None):
+        labels = self.view_labels()  # (V,)
         if self.to_teacher:
-            pred, target, size = self.project(s.unsqueeze(0).expand(t.shape[0], *s.shape)), t, self.teacher_feat
+            pred, target, size = self.project(s.unsqueeze(0).expand(t.shape[0], *s.shape), labels), t, self.teacher_feat
         else:
-            pred, target, size = self.project(t), s.unsqueeze(0), self.student_feat  # (V, B, T, Fs)
+            pred, target, size = self.project(t, labels), s.unsqueeze(0), self.student_feat  # (V, B, T, Fs)
         w = self.weights(t, s)  # (V, B, T)
         dist = (pred - target).pow(2).sum(-1) / size  # (V, B, T)
-        per_view = (torch.clamp(w, min=self.floor) * dist).mean((1, 2))  # (V,)
-        mean_w = w.detach().mean((1, 2))  # (V,)
+        keep = torch.ones_like(dist[0]) if mask is None else mask.to(dist.dtype)  # (B, T)
+        count = keep.sum().clamp(min=1)
+        per_view = (torch.clamp(w, min=self.floor) * dist * keep).sum((1, 2)) / count  # (V,)
+        mean_w = (w.detach() * keep).sum((1, 2)) / count  # (V,)
         self.update_ema(mean_w)
         names = [f"distill/weight_{self.task_names[i]}" for i in self.active_ids]
         names += [f"distill/match_{self.task_names[i]}" for i in self.active_ids]
-        return per_view.sum(), names, list(mean_w) + list(dist.detach().mean((1, 2)))
+        stat_names, stats = self.relevance_stats(w, mask)
+        values = list(mean_w) + list((dist.detach() * keep).sum((1, 2)) / count) + stats
+        return per_view.sum(), names + stat_names, values

@@ -33,4 +33,5 @@ class Reward(TeacherMethod):
         raw = self.coef * F.mse_loss(r_student.float(), target)
         names = [f"distill/weight_{self.task_names[i]}" for i in self.active_ids]
         names += [f"distill/reward_err_{self.task_names[i]}" for i in self.active_ids] + ["distill/reward_view"]
-        return raw, names, list(relevance) + list(err) + [self._ids[pos].to(err.dtype)]
+        stat_names, stats = self.relevance_stats(relevance[:, None])  # one relevance per batch here
+        return raw, names + stat_names, list(relevance) + list(err) + [self._ids[pos].to(err.dtype)] + stats

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import grad_share
 from models.behavior import Behavior
 from models.world_model import WorldModel
 
@@ -47,6 +48,8 @@ class Agent:
         self.distill_opt = None
         self.updates = 0  # completed calls of train()
         self._nonfinite = 0
+        self.share_every = int(c.get("grad_share_every", 0))  # world-model updates between gradient-share reads
+        self._wm_updates = 0  # calls of train_world_model in this process (paces the gradient-share reads)
         if distiller is not None:
             self.attach_distiller(distiller)
 
@@ -120,6 +123,7 @@ class Agent:
         data = wm.preprocess(batch)
         loss, metrics, post = wm.loss(data)
         wm_hook = getattr(self.distiller, "world_model_loss", None)
+        distill_loss = None
         if wm_hook is not None:
             distill_loss, distill_metrics = wm_hook(data, post, wm, step)
             loss = loss + distill_loss
@@ -127,7 +131,17 @@ class Agent:
         self.wm_opt.zero_grad(set_to_none=True)
         if self.distill_opt is not None:
             self.distill_opt.zero_grad(set_to_none=True)
+        measure = distill_loss is not None and self.share_every > 0 and self._wm_updates % self.share_every == 0
+        self._wm_updates += 1
+        params = wm.representation_parameters() if measure else []
+        part = grad_share.part_gradients(distill_loss, params) if measure else None
         loss.backward()
+        if part is not None:
+            shares = grad_share.share(part, params)  # tensors, read when logged
+            metrics.update(shares)
+            record = getattr(self.distiller, "record_share", None)
+            if record is not None:  # distill_weight auto moves its coefficient
+                record(shares[grad_share.SHARE])
         norm = nn.utils.clip_grad_norm_(wm.parameters(), c["model_grad_clip"])
         checks = [loss.detach().float(), norm.float()]
         if self.distill_opt is not None:

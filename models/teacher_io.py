@@ -93,3 +93,14 @@ def load_teacher(path: str | pathlib.Path, device: str | torch.device = "cpu",
     model.eval()
     meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer")}
     return model, meta
+
+
+def reinitialise(model: TeacherWorldModel, seed: int) -> TeacherWorldModel:
+    """Replace the weights of `model` in place by those of a freshly built teacher of the same architecture and
+    config, initialised from `seed` alone (the random-teacher control: the teacher's data path without its
+    knowledge). The global random state is left as it was, so the run's own seeding is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        fresh = TeacherWorldModel(model.config, model.act_dim, model.obs_shapes)
+    model.load_state_dict(fresh.state_dict(), strict=True)
+    return model

@@ -213,6 +213,10 @@ class WorldModel(_Base):
         self.feat_size = self.dynamics.feat_size
         self._build_heads(self.feat_size, 0)
 
+    def representation_parameters(self) -> list[nn.Parameter]:
+        """The encoder's and the RSSM's parameters: what the latent is made of (the heads read it)."""
+        return [*self.encoders.parameters(), *self.dynamics.parameters()]
+
     def embed(self, data: dict) -> torch.Tensor:
         """Encoder output for preprocessed observations with any leading dims: (..., E)."""
         parts = [enc(data[k]) for k, enc in self.encoders.items()]

@@ -120,6 +120,9 @@ class Trainer:
         tools.set_seed(c.seed)
         _check_flags(c)
         self.obs_keys, self.act_dim = OBS_KEYS[c.obs], ACTION_DIM
+        # Evaluation episodes keep the true state for the state probe, also where the model sees pixels only.
+        self.eval_keys = (*self.obs_keys, "state") if c.probe_every > 0 and "state" not in self.obs_keys \
+            else self.obs_keys
         # The agent (and distiller) first: a bad flag fails before any env starts or file is written.
         self.agent = build_agent(c, self.device)
         self.train_envs = self.eval_envs = self.logger = None
@@ -162,7 +165,8 @@ class Trainer:
             self.agent.distiller.logger = self.logger  # pruning events go to metrics.jsonl
         # Training envs are seeded per run position so a resumed run does not replay the same positions.
         self.train_envs = envs.VecEnv(c, c.task, c.envs, seed=c.seed + 7919 * self.episodes)
-        self.eval_envs = envs.VecEnv(c, c.task, c.eval_envs, seed=c.seed + 100_000 + 7919 * self.episodes)
+        eval_env = {**envs.env_settings(c), "obs": "both"} if self.eval_keys != self.obs_keys else c
+        self.eval_envs = envs.VecEnv(eval_env, c.task, c.eval_envs, seed=c.seed + 100_000 + 7919 * self.episodes)
         self._train_metrics: dict[str, list] = {}
         self._episode_stats: list[dict] = []
 
@@ -240,6 +244,7 @@ class Trainer:
     def log(self) -> None:
         lg = self.logger
         for k, values in self._train_metrics.items():
+            values = [float(v) for v in values]  # tensor metrics (the gradient share) are read here
             finite = [v for v in values if math.isfinite(v)]
             lg.scalar(f"train/{k}", np.mean(finite) if finite else float("nan"))
         if "model_skipped" in self._train_metrics:
@@ -259,7 +264,7 @@ class Trainer:
         video = c.video_every == 0 or due(self.step, self.last_video, c.video_every)
         videos = [] if video else None
         goals = (c.eval_goal_seed, self.evaluations) if c.eval_goals == "fixed" else None
-        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.obs_keys, videos=videos, goals=goals)
+        episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.eval_keys, videos=videos, goals=goals)
         self.evaluations += 1
         for ep in episodes:
             save_episode(self.eval_dir, ep)
@@ -273,8 +278,19 @@ class Trainer:
             self.last_video = self.step
         if c.video_every == 0:
             self.log_open_loop()
+        if due(self.step, self.last_eval, c.probe_every):
+            self.log_probe(episodes)
         self.logger.write(self.step)
         self.last_eval, self.last_success = self.step, float(np.mean([s["success_any"] for s in stats]))
+
+    def log_probe(self, episodes: list[dict]) -> None:
+        """The state probe (training/probe.py) of the student's and the teacher's latents on evaluation episodes."""
+        from .probe import probe
+
+        distiller = self.agent.distiller
+        teacher = getattr(distiller, "teacher", None)
+        tasks = list(getattr(distiller, "active_ids", [])) if teacher is not None else []
+        self.logger.scalars(probe(self.agent.wm, episodes, teacher, tasks))
 
     def log_open_loop(self) -> None:
         """The world model's open-loop prediction of replayed sequences (pixel), rows labelled."""
