@@ -4,7 +4,7 @@
   python sweep.py sweeps/specs/state_methods.yaml --address auto   # the same sweep on a running Ray cluster
   python sweep.py sweeps/specs/my.yaml --archive docs/results/my    # keep results in the repo, continue anywhere
 
-Running the same command again starts only what is not finished. The spec format: README.md ("Sweeps").
+Running the same command again starts only what is not finished. The spec format: docs/sweeps.md.
 """
 from __future__ import annotations
 

@@ -90,6 +90,28 @@ VARIANTS = {
 }
 
 
+def time_updates(agents: dict, batches: list, warmup: int, updates: int, device) -> tuple[dict, dict, dict]:
+    """Per variant, the wall seconds, process CPU seconds (what the update costs, whatever the load) and seconds
+    inside the distillation loss of each timed update, after `warmup` untimed ones."""
+    times, cpu, inside = ({name: [] for name in agents} for _ in range(3))
+    for i in range(warmup + updates):
+        for name, (agent, timer) in agents.items():  # round-robin: load changes hit every variant
+            if timer is not None:
+                timer.seconds = 0.0
+            start, start_cpu = time.perf_counter(), time.process_time()
+            agent.train(batches[i % len(batches)], step=i)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            if i >= warmup:
+                times[name].append(elapsed)
+                cpu[name].append(elapsed_cpu)
+                inside[name].append(timer.seconds if timer is not None else 0.0)
+            print(f"[bench] update {i} {name}: {elapsed:.2f}s wall, {elapsed_cpu:.2f}s cpu", file=sys.stderr,
+                  flush=True)
+    return times, cpu, inside
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=3, help="timed updates per variant (after warm-up)")
@@ -112,24 +134,7 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     batches = [make_batch(config, rng) for _ in range(2)]
     before = machine(device)
-    times = {name: [] for name in variants}  # wall-clock seconds
-    cpu = {name: [] for name in variants}  # process CPU seconds: what the update costs, whatever the load
-    inside = {name: [] for name in variants}
-    for i in range(args.warmup + args.updates):
-        for name, (agent, timer) in agents.items():  # round-robin: load changes hit every variant
-            if timer is not None:
-                timer.seconds = 0.0
-            start, start_cpu = time.perf_counter(), time.process_time()
-            agent.train(batches[i % len(batches)], step=i)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
-            if i >= args.warmup:
-                times[name].append(elapsed)
-                cpu[name].append(elapsed_cpu)
-                inside[name].append(timer.seconds if timer is not None else 0.0)
-            print(f"[bench] update {i} {name}: {elapsed:.2f}s wall, {elapsed_cpu:.2f}s cpu", file=sys.stderr,
-                  flush=True)
+    times, cpu, inside = time_updates(agents, batches, args.warmup, args.updates, device)
     # On a CPU the ratios use process CPU time (with one torch thread it does not include time the
     # process waited for a core on a shared machine); on CUDA, wall time.
     basis = cpu if device.type == "cpu" else times

@@ -1,4 +1,4 @@
-"""The episode file contract (README.md, "Data format"; docs/architecture.md): one compressed `.npz` per episode, written atomically.
+"""The episode file contract (docs/usage.md, "Data format"; docs/architecture.md): one compressed `.npz` per episode, written atomically.
 
 Legend: L episode length (policy steps + 1; entry 0 is the reset observation), A action size.
 """

@@ -1,6 +1,6 @@
 """Sweep spec: one YAML file read into a validated `Spec`.
 
-The format is documented in README.md ("Sweeps"). Every error names the spec file and the key to fix.
+The format is documented in docs/sweeps.md ("Sweep spec"). Every error names the spec file and the key to fix.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's first command (quickstart.py) end to end at test scale: a real sweep on a local Ray over the real
+"""The README's first command (python -m sweeps.quickstart) end to end at test scale: a real sweep on a local Ray over the real
 env and real files, ending with the results table and the curves plot."""
 import json
 import subprocess
