@@ -89,13 +89,13 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
             ["data"])
     students, distill, ood_args = [], common["dreamer_distill.py"], common["ood_detection.py"]
     # Seed-major order: a sweep stopped early holds whole seeds (every target x method), not whole methods.
-    for seed in spec.seeds:
+    for index, seed in enumerate(spec.seeds):
         for target in spec.targets:
             for method in spec.methods:
                 name = f"students/{short_name(target)}/{method.name}/seed{seed}"
-                teacher = [] if method.teacher is None else [
-                    "--teacher_model_path", str(root / "teachers" / method.teacher / "teacher.pt")]
-                deps = [] if method.teacher is None else [f"teachers/{method.teacher}"]
+                of = method.teacher_of(index, len(spec.seeds))
+                teacher = [] if of is None else ["--teacher_model_path", str(root / "teachers" / of / "teacher.pt")]
+                deps = [] if of is None else [f"teachers/{of}"]
                 students.append(add(name, "dreamer_distill.py",
                                     [*distill, *sources, *as_args(spec.student_flags), *as_args(method.flags),
                                      *teacher, "--task", target, "--seed", str(seed), "--logdir", str(root / name)],

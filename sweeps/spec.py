@@ -24,6 +24,12 @@ class Method:
     name: str
     flags: dict
     teacher: str | None  # key of `teachers`, or None for a student without teacher
+    split: list[str] = dataclasses.field(default_factory=list)  # `teacher: [A, B]`: one teacher per block of seeds
+
+    def teacher_of(self, index: int, count: int) -> str | None:
+        """The teacher of the index-th of `count` seeds: `teacher`, or for a list the one whose block of the seeds,
+        in order and of equal size (the first half A, the second B), holds it."""
+        return self.split[index * len(self.split) // count] if self.split else self.teacher
 
 
 @dataclasses.dataclass
@@ -83,11 +89,13 @@ def _methods(block: dict, teachers: dict, path: pathlib.Path) -> list[Method]:
         entry = _mapping(entry, f"students.methods.{name}", path)
         _check_keys(entry, {"flags", "teacher"}, f"students.methods.{name}", path)
         teacher = entry.get("teacher")
-        if teacher is not None and teacher not in teachers:
-            raise SpecError(f"{path}: students.methods.{name}.teacher '{teacher}' is not a key of "
-                                    f"'teachers' ({', '.join(teachers) or 'none defined'})")
+        split = list(teacher) if isinstance(teacher, list) else []
+        for one in split or [teacher]:
+            if one is not None and one not in teachers:
+                raise SpecError(f"{path}: students.methods.{name}.teacher '{one}' is not a key of "
+                                        f"'teachers' ({', '.join(teachers) or 'none defined'})")
         methods.append(Method(str(name), _mapping(entry.get("flags"), f"students.methods.{name}.flags", path),
-                              teacher))
+                              split[0] if split else teacher, split))
     if not methods:
         raise SpecError(f"{path}: 'students.methods' must name at least one method")
     return methods
