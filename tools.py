@@ -273,6 +273,10 @@ def get_device(name: str):
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda":
+        # Every stage feeds the same shapes again and again: let cuDNN time its algorithms once per shape
+        # and keep the fastest.
+        torch.backends.cudnn.benchmark = True
     return device
 
 

@@ -123,3 +123,16 @@ def student_agent(config, k: int | None = None, active: int | None = None, devic
         distiller.set_active(list(range(active)))
     agent.attach_distiller(distiller)
     return agent, distiller
+
+
+def cpu_times(fn, reps: int) -> list[float]:
+    """Process CPU seconds of each of `reps` calls of `fn` (on a shared CPU they move far less with other jobs'
+    load than wall seconds)."""
+    import time
+
+    out = []
+    for _ in range(reps):
+        start = time.process_time()
+        fn()
+        out.append(time.process_time() - start)
+    return out

@@ -3,7 +3,7 @@ step's latency, and the env steps/s of the pixel student loop end to end. Used b
 each function returns a JSON-ready dict.
 
 Precision modes: `fp32`; `bf16` (bf16 autocast, `precision: 16`, which the models honour on CUDA only);
-`bf16_compile` (bf16 plus `torch.compile` of the convolutional parts, `models.compile_heavy`).
+`bf16_compile` (bf16 plus `torch.compile` of the convolutional parts, `models.compile_model`).
 
 Shape legend: B batch, T sequence length, K source tasks, A action size.
 """
@@ -59,13 +59,13 @@ def student_config(blocks: list[str], device: torch.device, mode: str, overrides
 
 def build_student(config, k: int | None, device: torch.device, mode: str):
     """Agent (with a random K-task comet teacher when k is set), compiled in the bf16_compile mode."""
-    from models import compile_heavy
+    from models import compile_model
 
     agent, _ = distill_step.build(config, k, None, device, seed=0)
     if MODES[mode][1]:
-        compile_heavy(agent.wm)
+        compile_model(agent.wm)
         if agent.distiller is not None:
-            compile_heavy(agent.distiller.teacher)
+            compile_model(agent.distiller.teacher)
     return agent
 
 

@@ -58,15 +58,6 @@ def variant_argv(variant: str) -> list[str]:
     return ["--precision", "16" if variant.endswith("bf16") else "32"]
 
 
-def cpu_times(fn, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        start = time.process_time()
-        fn()
-        out.append(time.process_time() - start)
-    return out
-
-
 def measure_parts(variant: str, updates: int) -> dict:
     """Median CPU seconds of an update (world model / behaviour), a policy step and an env step."""
     import numpy as np
@@ -75,7 +66,7 @@ def measure_parts(variant: str, updates: int) -> dict:
     import configs
     import envs
     from models.agent import Agent
-    from bench.common import random_student_batch, update_times
+    from bench.common import cpu_times, random_student_batch, update_times
     from models.world_model import obs_shapes_from
 
     config = configs.load_config(["--configs", *BLOCKS, "--task", "metaworld_reach", *variant_argv(variant)])

@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import configs  # noqa: E402
 import tools  # noqa: E402
 from bench.common import emit, machine, random_teacher_batch  # noqa: E402
-from models import ConvEncoder, OrthogonalMoEEncoder, TeacherWorldModel, compile_heavy  # noqa: E402
+from models import ConvEncoder, OrthogonalMoEEncoder, TeacherWorldModel, compile_model  # noqa: E402
 
 A = 4
 PAPER = dict(k=6, n=6, batch_size=50, batch_length=50, cnn_depth=32)
@@ -86,7 +86,7 @@ def update_rate(spec: dict, device, warmup: int, reps: int, precision: int = 32,
     if expert_path is not None:
         model.encoder.conv.path = expert_path
     if compile_:
-        compile_heavy(model)
+        compile_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.model_lr, eps=config.model_eps)
     data = model.preprocess(make_batch(config.batch_size, config.batch_length, spec["k"], np.random.default_rng(0)))
 

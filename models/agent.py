@@ -90,7 +90,7 @@ class Agent:
             latent, action = state
         with wm.autocast():
             embed = wm.embed(data)  # (n, E)
-            latent, _ = wm.dynamics.obs_step(latent, action, embed, data["is_first"])
+            latent, _ = wm.dynamics.step("obs", latent)(latent, action, embed, data["is_first"])
             feat = wm.dynamics.get_feat(latent)  # (n, F)
         action = self.behavior.act(feat, training)  # (n, A)
         noise = float(self.config.get("expl_noise", 0.0))
@@ -220,3 +220,15 @@ class Agent:
         for module in (self.wm, self.behavior, self.distiller):
             if isinstance(module, nn.Module):
                 module.train(training)
+
+
+def compile_agent(agent: Agent) -> None:
+    """`--compile True` for a student: its world model and the distiller's frozen teacher world model (if
+    any) through `models.world_model.compile_model`; the behaviour's imagination runs the compiled RSSM
+    steps of the world model. Acting uses the same compiled observe step."""
+    from models.world_model import compile_model
+
+    compile_model(agent.wm)
+    teacher = getattr(agent.distiller, "teacher", None)
+    if isinstance(teacher, nn.Module):
+        compile_model(teacher)

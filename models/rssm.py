@@ -20,6 +20,10 @@ from torch import nn
 from .networks import (TaskBias, TaskBlocks, activation, categorical_kl, gaussian_kl, onehot_straight_through,
                        std_from_raw)
 
+# Graphs per step function a compiled RSSM may hold: one per (batch size, grad mode, sample, reset, task
+# form) it is called with: training, acting, the imagination, a teacher's task views after each pruning.
+RECOMPILE_LIMIT = 32
+
 
 class LayerNormGRUCell(nn.Module):
     """DreamerV2's GRU: one Linear on [x, h], LayerNorm, update gate biased towards keeping h."""
@@ -80,6 +84,7 @@ class RSSM(nn.Module):
         self.act_dim, self.embed_size = act_dim, embed
         self.stoch, self.deter, self.hidden, self.discrete = stoch, deter, hidden, discrete
         self.min_std, self.n_heads = min_std, n_heads
+        self._compiled = None  # {"obs", "img"}: compiled step functions (compile_steps)
         self.stoch_flat = stoch * discrete if discrete else stoch
         self.feat_size = self.stoch_flat + deter
         stats = stoch * discrete if discrete else 2 * stoch
@@ -104,16 +109,15 @@ class RSSM(nn.Module):
     # --- states -------------------------------------------------------------------------------
 
     def initial(self, batch: int, device=None, dtype=torch.float32) -> dict:
-        """All-zero state for `batch` sequences (used at t=0 and wherever is_first is set)."""
+        """All-zero state for `batch` sequences (used at t=0 and wherever is_first is set). Keys in the
+        order a step returns them, so a compiled step sees the same dict at t = 0 as after."""
         device = device if device is not None else next(self.parameters()).device
-        state = {"deter": torch.zeros(batch, self.deter, device=device, dtype=dtype)}
+        zeros = lambda *shape: torch.zeros(batch, *shape, device=device, dtype=dtype)
         if self.discrete:
-            state["logit"] = torch.zeros(batch, self.stoch, self.discrete, device=device, dtype=dtype)
-            state["stoch"] = torch.zeros(batch, self.stoch, self.discrete, device=device, dtype=dtype)
+            state = {"logit": zeros(self.stoch, self.discrete), "stoch": zeros(self.stoch, self.discrete)}
         else:
-            state["mean"] = torch.zeros(batch, self.stoch, device=device, dtype=dtype)
-            state["std"] = torch.zeros(batch, self.stoch, device=device, dtype=dtype)
-            state["stoch"] = torch.zeros(batch, self.stoch, device=device, dtype=dtype)
+            state = {"mean": zeros(self.stoch), "std": zeros(self.stoch), "stoch": zeros(self.stoch)}
+        state["deter"] = zeros(self.deter)
         return state
 
     def get_feat(self, state: dict) -> torch.Tensor:
@@ -138,7 +142,9 @@ class RSSM(nn.Module):
             return {"logit": logit, "stoch": stoch}
         mean, std = raw.chunk(2, -1)
         std = std_from_raw(std, self.min_std)
-        stoch = mean + std * torch.randn_like(std) if sample else mean
+        # The mean is a strided half of `raw`; its contiguous copy keeps a compiled step's input layout the same
+        # at every t (the initial state is contiguous), so one graph serves them all.
+        stoch = mean + std * torch.randn_like(std) if sample else mean.contiguous()
         return {"mean": mean, "std": std, "stoch": stoch}
 
     def _head(self, head: nn.Module, x: torch.Tensor, task) -> torch.Tensor:
@@ -167,12 +173,57 @@ class RSSM(nn.Module):
         if is_first is not None:
             keep = (~is_first.bool()).to(embed.dtype).unsqueeze(-1)  # (M, 1)
             prev_action = prev_action * keep
-            prev_state = {k: v * keep.view(-1, *([1] * (v.dim() - 1))) for k, v in prev_state.items()}
+            # Only what img_step reads: the distribution parameters of the previous state are not inputs.
+            prev_state = {k: prev_state[k] * keep.view(-1, *([1] * (prev_state[k].dim() - 1)))
+                          for k in ("stoch", "deter")}
         prior = self.img_step(prev_state, prev_action, task, sample)
         x = self.act(self.obs_out(torch.cat([prior["deter"], embed.to(prior["deter"].dtype)], -1)))
         post = self._stats(self._head(self.post_head, x, task), sample)
         post["deter"] = prior["deter"]
         return post, prior
+
+    # --- compilation --------------------------------------------------------------------------
+
+    def compile_steps(self, **options) -> None:
+        """Compile `obs_step` and `img_step` of this instance with `torch.compile(fullgraph=True)`, for the
+        scans (`observe`, `imagine`, the world model's imagination) and acting to use through `step`.
+        `options` go to torch.compile; weights, state_dict and the eager methods are unchanged.
+
+        The step, not the whole loop, is what is compiled: a step graph is small (one GRU cell, two
+        Linear blocks, the heads, the resets) and serves every t of every sequence length and imagination
+        horizon, while an unrolled loop makes a graph T times longer, compiled again for each T (50 at
+        the paper config, 15 for imagination, others for videos and OOD scoring). Fusing within a step
+        removes most of its kernels; the launches left between steps are what capturing the whole update
+        in a CUDA graph removes. `fullgraph=True` makes a graph break an error instead of a silent split,
+        and `dynamic=False` keeps every graph at fixed shapes (what graph capture needs).
+        """
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        options = {"fullgraph": True, "dynamic": False, **options}
+        # obs_step's graph inlines img_step (the eager method): one graph per call.
+        self._compiled = {"obs": torch.compile(self.obs_step, **options),
+                          "img": torch.compile(self.img_step, **options)}
+
+    def step(self, kind: str, state: dict):
+        """The step function ("obs": obs_step, "img": img_step) to apply to `state`: the compiled one after
+        `compile_steps`, else the eager one. A state without gradient history while gradients are on (the
+        first step of a training scan or of the imagination) runs eagerly too: it would need a graph of its
+        own (the graph differs in which inputs need gradients) for one step in T."""
+        compiled = self._compiled
+        if compiled is None or (torch.is_grad_enabled() and not state["deter"].requires_grad):
+            return self.obs_step if kind == "obs" else self.img_step
+        return compiled[kind]
+
+    def scan_task(self, task, batch: int, device):
+        """`task` in the form the step graphs are traced for: an int becomes one block (else every task id
+        would be a graph of its own), and TaskBlocks hold their index tensors before the first step (else
+        filling their cache inside step 0 would make step 1 a graph of its own)."""
+        if self.n_heads == 1:
+            return task
+        if isinstance(task, int) and not isinstance(task, bool):
+            task = TaskBlocks([task], batch)
+        if isinstance(task, TaskBlocks):
+            task.index(device), task.ids(device)
+        return task
 
     # --- sequences ----------------------------------------------------------------------------
 
@@ -184,10 +235,11 @@ class RSSM(nn.Module):
         assert action.shape[:2] == (b, t), (action.shape, embed.shape)
         if state is None:
             state = self.initial(b, embed.device)
+        task = self.scan_task(task, b, embed.device)
         posts, priors = [], []
         for i in range(t):
             first = None if is_first is None else is_first[:, i]
-            state, prior = self.obs_step(state, action[:, i], embed[:, i], first, task, sample)
+            state, prior = self.step("obs", state)(state, action[:, i], embed[:, i], first, task, sample)
             posts.append(state)
             priors.append(prior)
         # One stack per key at the end instead of growing tensors step by step.
@@ -198,8 +250,9 @@ class RSSM(nn.Module):
     def imagine(self, action: torch.Tensor, state: dict, task=None, sample: bool = True) -> dict:
         """Open-loop prior rollout with given actions (B, T, A) from `state` (B, ...): (B, T, ...)."""
         priors = []
+        task = self.scan_task(task, action.shape[0], action.device)
         for i in range(action.shape[1]):
-            state = self.img_step(state, action[:, i], task, sample)
+            state = self.step("img", state)(state, action[:, i], task, sample)
             priors.append(state)
         return {k: torch.stack([s[k] for s in priors], 1) for k in priors[0]}
 

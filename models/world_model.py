@@ -163,11 +163,12 @@ class _Base(nn.Module):
         if torch.is_tensor(task) and task.dim() >= 1:
             b, t = next(iter(start.values())).shape[:2]
             task = task.reshape(b, -1)[:, :1].expand(b, t).reshape(-1)  # one id per start state
+        task = self.dynamics.scan_task(task, state["deter"].shape[0], state["deter"].device)
         states, actions = [state], []
         with self.autocast():
             for _ in range(horizon):
                 action = policy(self.dynamics.get_feat(state).detach())
-                state = self.dynamics.img_step(state, action, task, sample=True)
+                state = self.dynamics.step("img", state)(state, action, task, sample=True)
                 states.append(state)
                 actions.append(action)
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
@@ -448,11 +449,13 @@ class TeacherWorldModel(_Base):
         return {"expert_cos": float(mean_abs_cosine(out)), "expert_cos_raw": float(mean_abs_cosine(raw))}
 
 
-def compile_heavy(model: _Base) -> None:
-    """torch.compile the convolutional parts in place (their forward only, so state_dict keys and
-    checkpoints stay unchanged). The recurrent loop stays eager: unrolling it makes long compiles."""
+def compile_model(model: _Base) -> None:
+    """`--compile True`: torch.compile the convolutional parts and the RSSM's observe and imagine steps
+    (`RSSM.compile_steps`, each step one graph without breaks) in place. Only forwards are replaced, so
+    state_dict keys and checkpoints stay unchanged. Works on any device; the first calls compile."""
     from .moe import BatchedConvExperts
 
+    model.dynamics.compile_steps()
     for module in model.modules():
         if isinstance(module, (ConvEncoder, BatchedConvExperts, ConvDecoder)):
             module.forward = torch.compile(module.forward)

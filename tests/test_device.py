@@ -21,7 +21,7 @@ import configs
 from envs import short_name
 from models.agent import Agent
 from bench import distill_step, teacher_step
-from models import TeacherWorldModel, compile_heavy
+from models import TeacherWorldModel, compile_model
 
 pytestmark = pytest.mark.device
 A = 4
@@ -43,7 +43,7 @@ def teacher_loss(device, precision: int = 32, compile_: bool = False, seed: int 
     torch.manual_seed(seed)
     model = TeacherWorldModel(config, A).to(device)
     if compile_:
-        compile_heavy(model)
+        compile_model(model)
     batch = teacher_step.make_batch(config.batch_size, config.batch_length, len(SOURCES), np.random.default_rng(0))
     loss, _, _ = model.loss(model.preprocess(batch))
     return loss, model
@@ -102,8 +102,8 @@ def test_bf16_autocast_and_compile_agree_with_float32(cuda_device):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     config = pixel_config(cuda_device, precision=16)
     agent, _ = distill_step.build(config, 2, None, cuda_device, seed=0)
-    compile_heavy(agent.wm)
-    compile_heavy(agent.distiller.teacher)
+    compile_model(agent.wm)
+    compile_model(agent.distiller.teacher)
     metrics = agent.train(distill_step.make_batch(config, np.random.default_rng(0)), 0)
     assert metrics["model_skipped"] == 0.0, metrics
 

@@ -76,13 +76,16 @@ def build_distiller(config, agent, device):
 
 
 def build_agent(config, device):
-    """The student Agent for `config`, with its distiller when `use_distill` (UsageError if it cannot be built)."""
-    from models.agent import Agent
+    """The student Agent for `config`, with its distiller when `use_distill` (UsageError if it cannot be built),
+    compiled with `compile`."""
+    from models.agent import Agent, compile_agent
     from models.world_model import obs_shapes_from
 
     agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
     if config.use_distill:
         agent.attach_distiller(build_distiller(config, agent, device))
+    if config.compile:
+        compile_agent(agent)
     return agent
 
 

@@ -66,7 +66,7 @@ class TeacherTrainer:
         return {"batcher": self.batcher, "diag": self.diag, "pcgrad": self.generator}
 
     def _open(self) -> None:
-        from models import TEACHER_ARCH_KEYS, compile_heavy
+        from models import TEACHER_ARCH_KEYS, compile_model
 
         c, run_dir = self.config, self.run_dir
         payload = run_dir.open(self.device)
@@ -74,8 +74,8 @@ class TeacherTrainer:
         if payload is not None:
             self._restore(payload)
         configs.record_config(c, run_dir.path, step=self.step)
-        if c.compile and self.device.type == "cuda":
-            compile_heavy(self.model)
+        if c.compile:
+            compile_model(self.model)
         self.logger = run_dir.logger(wandb=wandb_settings(c))
         if self.model.encoder_mode == "moe":  # one chart per task of its gate weights (Custom Scalars)
             self.logger.layout({"gates": {f"gate weights of {task}": [f"gate/{re.escape(task)}/expert\\d+"]
