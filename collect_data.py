@@ -12,55 +12,25 @@ is read through configs.load_config. The collection itself is the `collection` p
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
 import tools
 import configs
 import envs
+from collection import cli
 from collection.pool import collect
-from tools import OBS_MODES
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise tools.UsageError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    # --help is stage_flags' (grouped like every stage's), so argparse adds none of its own.
-    parser = _Parser(prog="collect_data", allow_abbrev=False, add_help=False)
-    parser.add_argument("--tasks", default="", help="comma-separated task names; empty: the config's source_tasks")
-    parser.add_argument("--episodes", type=int, default=50, help="episodes per task (existing ones are kept)")
-    parser.add_argument("--obs", choices=OBS_MODES, default="pixel", help=f"what the episodes store: {' | '.join(OBS_MODES)}")
-    parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to expert actions")
-    parser.add_argument("--random_frac", type=float, default=0.0, help="fraction of steps with uniform random actions")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel episode workers")
-    parser.add_argument("--out", default="data", help="root folder; one sub-folder per task")
-    parser.add_argument("--seed", type=int, default=0, help="episode i of a task depends only on (seed, task, i)")
-    return parser
-
-
-def _check(args) -> None:
-    for ok, message in ((args.episodes >= 0, f"--episodes must be >= 0, got {args.episodes}"),
-                        (args.noise >= 0, f"--noise must be >= 0, got {args.noise}"),
-                        (0.0 <= args.random_frac <= 1.0, f"--random_frac must lie in [0, 1], got {args.random_frac}"),
-                        (args.workers >= 1, f"--workers must be >= 1, got {args.workers}"),
-                        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}")):
-        if not ok:
-            raise tools.UsageError(message)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, configs.Config]:
     """Collection flags via argparse; every remaining flag goes to configs.load_config (env settings)."""
-    parser = _parser()
+    parser = cli.parser()
     args, rest = parser.parse_known_args(argv)
     actions = [a for a in parser._actions if a.option_strings]
     config = configs.load_config(rest, description=__doc__.split("\n\n")[0], extra_flags=[a.option_strings[0] for a in actions],
                                  stage="collect_data.py",
                                  own_help=("collection", {a.dest: (a.help or "", a.default) for a in actions}))
-    _check(args)
+    cli.check(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or list(config.source_tasks)
     if not tasks:
         raise tools.UsageError("no tasks: pass --tasks metaworld_a,metaworld_b or a config block with source_tasks")

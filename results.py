@@ -2,6 +2,7 @@
 
   python results.py runs/sweeps/my_sweep/students --out runs/sweeps/my_sweep/report
   python results.py 'runs/comet_*' 'runs/dreamer_*' --out report --last 3
+  python results.py runs/sweeps/my_sweep/students --out report --skip_bad   # list unreadable runs, report the rest
   python results.py docs/results/my_study/students --out docs/results/my_study --baseline dreamer --equivalence 0.05
 
 A folder is searched recursively for runs (metrics.jsonl + config.yaml). In a sweep layout
@@ -9,7 +10,6 @@ A folder is searched recursively for runs (metrics.jsonl + config.yaml). In a sw
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -17,29 +17,19 @@ import tools
 
 
 def run(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("runs", nargs="+", help="run folders, folders holding runs, or globs")
-    parser.add_argument("--out", required=True, help="folder for results.md, results.json, results.csv and plots")
-    parser.add_argument("--last", type=int, default=3, help="evaluations averaged into the final score")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (same seed, same intervals)")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
-    parser.add_argument("--baseline", default="dreamer",
-                        help="arm the paired differences are taken against (absent: every pair of arms)")
-    parser.add_argument("--equivalence", type=float, default=0.05,
-                        help="margin δ of the paired verdict ('not better by more than δ'; docs/evaluation.md)")
-    args = parser.parse_args(argv)
-    if args.last < 1 or args.reps < 10:
-        parser.error(f"need --last >= 1 and --reps >= 10, got {args.last} and {args.reps}")
-    if not 0 < args.equivalence < 1:
-        parser.error(f"--equivalence must lie in (0, 1) (a difference of success rates), got {args.equivalence}")
+    from analysis import cli
+
+    args = cli.parser(__doc__.splitlines()[0], __doc__).parse_args(argv)
+    cli.check(args)
 
     from analysis import aggregate, load, report
 
-    runs = load.find_runs(args.runs)
+    runs, skipped = load.find_runs(args.runs, skip_bad=args.skip_bad)
     if not runs:
-        raise tools.UsageError(f"{' '.join(args.runs)}: no run folder (metrics.jsonl + config.yaml) found")
+        raise tools.UsageError(f"{' '.join(args.runs)}: no usable run folder (metrics.jsonl + config.yaml) found"
+                               + (f"; skipped {len(skipped)} unreadable one(s)" if skipped else ""))
     table, notes = aggregate.build(runs, args.last)
+    notes = skipped + notes
     for note in notes:
         print(f"note: {note}")
     path = report.write(table, runs, notes, pathlib.Path(args.out), args.seed, args.reps, args.baseline,

@@ -9,6 +9,7 @@ Legend: L episode length (policy steps + 1; entry 0 is the reset observation).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import errno
@@ -53,6 +54,13 @@ class RunFailed(RuntimeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be so that the same save-and-exit path runs."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are UsageErrors (one line through run_main), not a usage block and exit 2."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def _raise_terminated(signum, frame):
@@ -140,6 +148,59 @@ def naming_errors(name):
         if err.filename is not None or err.errno is None:
             raise
         raise OSError(err.errno, err.strerror, str(name)) from None
+
+
+def atomic_folder(path: str | os.PathLike, write: Callable[[pathlib.Path], None],
+                  own: Sequence[str] | None = None) -> pathlib.Path:
+    """Create folder `path` by `write(folder)` into a hidden temp folder beside it, then swap it in whole: a reader
+    sees the old folder or the complete new one, never a mix (renameat2's RENAME_EXCHANGE; on a filesystem without
+    it, two renames, between which `path` is briefly absent). `path` is replaced as a whole, so an existing one that
+    holds a name not in `own` is refused. Temp folders of a killed call are removed by the next one."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmpdir"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if path.exists():
+        foreign = sorted(p.name for p in path.iterdir() if own is not None and p.name not in own) \
+            if path.is_dir() else [path.name]
+        if foreign:
+            raise UsageError(f"{path} holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, which is "
+                             f"not written here, and the folder is replaced as a whole: choose a folder of its own")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:6]}.tmpdir"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif not _exchange(tmp, path):
+            old = tmp.with_name(tmp.name.replace(".tmpdir", ".old.tmpdir"))
+            os.rename(path, old)
+            os.rename(tmp, path)
+            tmp = old
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system or filesystem lacks it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        done = libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0  # AT_FDCWD, RENAME_EXCHANGE
+    except (OSError, AttributeError):
+        return False
+    if not done and ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+    return done
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_temp_files(*folders: pathlib.Path) -> None:

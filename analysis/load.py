@@ -51,20 +51,29 @@ def _setting(config: dict, key: str, path: pathlib.Path, rows: dict | None = Non
                      + "; add it to config.yaml or leave the folder out")
 
 
+SKIP_HINT = "; pass --skip_bad to leave this run out"
+
+
 def read_run(path: pathlib.Path) -> Run:
+    """The run in folder `path`; an unreadable metrics.jsonl line or config.yaml is a UsageError naming the file."""
     from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
     from training.evaluation import goal_rule
 
-    config = YAML(typ="safe", pure=True).load((path / "config.yaml").read_text())
+    try:
+        config = YAML(typ="safe", pure=True).load((path / "config.yaml").read_text())
+    except YAMLError as err:
+        raise UsageError(f"{path / 'config.yaml'}: not valid YAML ({str(err).splitlines()[0]}){SKIP_HINT}") from None
     if not isinstance(config, dict):
-        raise UsageError(f"{path / 'config.yaml'}: not a mapping of settings")
+        raise UsageError(f"{path / 'config.yaml'}: not a mapping of settings{SKIP_HINT}")
     rows: dict[int, dict] = {}
     with open(path / "metrics.jsonl") as f:
         for number, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise UsageError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line") from None
+                raise UsageError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line (a torn write?){SKIP_HINT}") \
+                    from None
             if EVAL_KEYS["success"] in row:
                 rows[int(row["step"])] = row  # a repeated step keeps its last value
     steps = np.array(sorted(rows), dtype=np.int64)
@@ -80,8 +89,9 @@ def read_run(path: pathlib.Path) -> Run:
                goal_rule(config))
 
 
-def find_runs(patterns: list[str]) -> list[Run]:
-    """Every folder with metrics.jsonl and config.yaml under the given folders or globs, sorted."""
+def find_runs(patterns: list[str], skip_bad: bool = False) -> tuple[list[Run], list[str]]:
+    """Every folder with metrics.jsonl and config.yaml under the given folders or globs, sorted; with `skip_bad` an
+    unreadable run is left out with a note (the second list) instead of stopping the report."""
     found: set[pathlib.Path] = set()
     for pattern in patterns:
         matches = [pathlib.Path(p) for p in sorted(glob.glob(pattern))] or [pathlib.Path(pattern)]
@@ -91,5 +101,12 @@ def find_runs(patterns: list[str]) -> list[Run]:
             for metrics in [match / "metrics.jsonl", *match.rglob("metrics.jsonl")]:
                 if metrics.is_file() and (metrics.parent / "config.yaml").is_file():
                     found.add(metrics.parent)
-    runs = [read_run(p) for p in sorted(found)]
-    return sorted(runs, key=lambda r: (r.target, r.method, r.seed, str(r.path)))
+    runs, skipped = [], []
+    for path in sorted(found):
+        try:
+            runs.append(read_run(path))
+        except UsageError as err:
+            if not skip_bad:
+                raise
+            skipped.append(f"skipped: {str(err).removesuffix(SKIP_HINT)}")
+    return sorted(runs, key=lambda r: (r.target, r.method, r.seed, str(r.path))), skipped

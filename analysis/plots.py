@@ -5,6 +5,7 @@ import pathlib
 
 import numpy as np
 
+import tools
 from analysis.aggregate import Table
 
 
@@ -19,11 +20,14 @@ def _figure(ncols: int):
 
 
 def _save(plt, fig, path: pathlib.Path) -> pathlib.Path:
+    import io
+
     fig.tight_layout()
+    png = io.BytesIO()
     # A fixed creation date keeps the same inputs byte-identical.
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    fig.savefig(png, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
-    return path
+    return tools.atomic_write(path, lambda f: f.write(png.getvalue()))
 
 
 def curves(table: Table, path: pathlib.Path) -> pathlib.Path:

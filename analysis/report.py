@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pathlib
 import subprocess
 
 import numpy as np
 
+import tools
 from analysis import paired, plots, stats
 from analysis.aggregate import Table
 
@@ -104,9 +106,13 @@ def markdown(table: Table, proto: dict, rows: list[dict], agg: dict, poi: dict, 
     return "\n".join(lines)
 
 
+FILES = ("results.md", "results.json", "results.csv", "curves.png", "iqm_curves.png", "profiles.png")
+
+
 def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: int, reps: int,
           baseline: str | None = "dreamer", margin: float = 0.05) -> pathlib.Path:
-    out.mkdir(parents=True, exist_ok=True)
+    """Every report file, computed first and then swapped in as one folder (`tools.atomic_folder`): `out` holds the
+    previous report or this one, whole, whenever the process is killed."""
     baseline = baseline if baseline in table.methods else None
     proto = protocol(table, runs, seed, reps, paired_rule(baseline, margin, seed, reps))
     rows = per_target_rows(table)
@@ -114,10 +120,6 @@ def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: i
     pairs = paired.analyse(table, baseline, margin, seed, reps)
     curves = stats.iqm_curves(table, seed, reps)
     taus, prof = stats.profiles(table, seed, reps)
-    plots.curves(table, out / "curves.png")
-    plots.iqm_curves(table, curves, out / "iqm_curves.png")
-    plots.profiles(table, taus, prof, out / "profiles.png")
-    (out / "results.md").write_text(markdown(table, proto, rows, agg, poi, pairs, notes))
     payload = {"protocol": proto, "per_target": rows, "aggregate": agg,
                "probability_of_improvement": {f"{x} > {y}": v for (x, y), v in poi.items()}, "paired": pairs,
                "iqm_curves": {m: {"steps": table.steps.tolist(), "iqm": c[0].tolist(), "low": c[1].tolist(),
@@ -126,12 +128,27 @@ def write(table: Table, runs: list, notes: list[str], out: pathlib.Path, seed: i
                "curves": {m: {"steps": table.steps.tolist(), "per_seed_target": table.curves[m].tolist()}
                           for m in table.methods},
                "left_out": notes}
-    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_plain))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "per_seed_final"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    texts = {"results.md": markdown(table, proto, rows, agg, poi, pairs, notes),
+             "results.json": json.dumps(payload, indent=1, default=_plain), "results.csv": _csv(rows)}
+
+    def fill(folder: pathlib.Path) -> None:
+        plots.curves(table, folder / "curves.png")
+        plots.iqm_curves(table, curves, folder / "iqm_curves.png")
+        plots.profiles(table, taus, prof, folder / "profiles.png")
+        for name, text in texts.items():
+            data = text.encode()
+            tools.atomic_write(folder / name, lambda f: f.write(data))
+
+    tools.atomic_folder(out, fill, own=FILES)
     return out / "results.md"
+
+
+def _csv(rows: list[dict]) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=[k for k in rows[0] if k != "per_seed_final"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def tables(path: pathlib.Path) -> str:

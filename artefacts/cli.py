@@ -25,12 +25,13 @@ the same numbers and videos go to TensorBoard.
 QUANTIZE = """Post-training quantization of a student's acting policy (encoder + RSSM filter step + actor).
 
     python -m artefacts quantize --checkpoint runs/reach/latest.pt [--out runs/reach/quantized] [--episodes 20]
-        [--variants fp32,bf16,fp16,int8_wo,int8_dyn] [--no_compile] [--seed 0] [--threads 1]
+        [--variants fp32,bf16,fp16,int8_wo,int8_dyn] [--compile] [--calls 200] [--seed 0] [--threads 1]
 
 Writes <out>/<variant>.pt for each variant (each accepted by `evaluate --checkpoint`), <out>/table.json and
 <out>/table.md: size on disk, parameter bytes, latency per action at batch 1 (wall median, p90, and median
 thread CPU time, which other processes' load barely moves), throughput at batch 64 (by wall and by CPU time),
-eager and (fp32/int8) torch.compile'd, all variants timed in alternating blocks; largest action difference to
+eager and, with --compile, torch.compile'd (fp32/int8; compiling takes minutes on a CPU, the eager timings a few
+seconds), all variants timed in alternating blocks; largest action difference to
 fp32 on recorded observations; eval success over --episodes seeded episodes with its difference to fp32 and
 standard error. Which layers stay float, and why: artefacts/variants.py.
 """
@@ -70,8 +71,8 @@ def evaluate(argv=None) -> None:
                                            film=args.video_episodes)
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent / f"eval_seed{args.seed}")
     summary = evaluation.write(out, args.checkpoint, eps, videos, protocol, args.logdir or None)
-    print(f"{args.checkpoint}: {args.episodes} episodes on {protocol['task']}: success (any step) "
-          f"{summary['success_any']['mean']:.2f} ± {summary['success_any']['se']:.2f}, success (last step) "
+    print(f"{args.checkpoint}: {args.episodes} episode(s) on {protocol['task']}: success (any step) "
+          f"{evaluation.with_error(summary['success_any']['mean'], summary['success_any']['se'])}, success (last step) "
           f"{summary['success_final']['mean']:.2f}, return {summary['return']['mean']:.1f} -> {out}", flush=True)
 
 
@@ -84,7 +85,8 @@ def quantize(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calls", type=int, default=200,
                         help="timed calls per batch-1 latency (a quarter of that at batch 64), interleaved across variants")
-    parser.add_argument("--no_compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd fp32 / int8 (minutes on a CPU)")
+    parser.add_argument("--no_compile", action="store_true", help=argparse.SUPPRESS)  # the default since --compile
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     import torch
@@ -97,12 +99,17 @@ def quantize(argv=None) -> None:
     if unknown or not names or names[0] != "fp32":
         raise student.ArtefactError(f"--variants must start with fp32 (the reference) and name only "
                                     f"{', '.join(variants.VARIANTS)}; got {args.variants}")
+    if args.no_compile:
+        tools.deprecated("quantize --no_compile", "nothing: compiled timings are off unless --compile is given")
+    if args.calls < 10:
+        raise student.ArtefactError(f"--calls must be >= 10, got {args.calls}")
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent / "quantized")
-    rows = table.run(args.checkpoint, out, names, args.episodes, args.seed, not args.no_compile, args.calls)
-    (out / "table.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "episodes": args.episodes,
-                                                "seed": args.seed, "threads": args.threads, "rows": rows}, indent=1) + "\n")
+    rows = table.run(args.checkpoint, out, names, args.episodes, args.seed, args.compile, args.calls)
+    record = json.dumps({"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed,
+                         "threads": args.threads, "compiled": args.compile, "rows": rows}, indent=1) + "\n"
     md = table.markdown(rows)
-    (out / "table.md").write_text(md + "\n")
+    tools.atomic_write(out / "table.json", lambda f: f.write(record.encode()))
+    tools.atomic_write(out / "table.md", lambda f: f.write((md + "\n").encode()))
     print(md, flush=True)
 
 

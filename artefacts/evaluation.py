@@ -7,12 +7,14 @@ evaluation); a quantize.py variant acts through its `ActingPolicy` (mode action,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import pathlib
 
 import numpy as np
 
+import tools
 from artefacts import student
 from tools import SUCCESS_RULES
 
@@ -32,7 +34,6 @@ def actor_for(payload: dict, device: str = "cpu"):
 def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: int = 0):
     """(episodes, frames of the first `film` episodes: one uint8 (T + 1, H, W, 3) array each, protocol dict)."""
     import envs
-    import tools
     from training.evaluation import evaluate
     from models.world_model import OBS_KEYS
 
@@ -56,16 +57,27 @@ def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n
     return eps, videos, protocol
 
 
+def standard_error(values) -> float | None:
+    """The standard error of the mean of `values`; None for a single value, which has none."""
+    values = np.asarray(values, float)
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
+def with_error(mean: float, se: float | None, signed: bool = False) -> str:
+    """'0.45 ± 0.11' ('+0.05 ± 0.03' when `signed`), or '0.45 (1 episode: no standard error)'."""
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{text} ± {se:.2f}" if se is not None else f"{text} (1 episode: no standard error)"
+
+
 def summarize(eps: list[dict]) -> dict:
-    """Mean and standard error of each episode statistic."""
+    """Mean and standard error (None for one episode) of each episode statistic."""
     from training.episodes import episode_stats
 
     rows = [episode_stats(ep) for ep in eps]
     out = {}
     for k in STATS:
         values = np.array([r[k] for r in rows], float)
-        se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-        out[k] = {"mean": float(values.mean()), "se": se}
+        out[k] = {"mean": float(values.mean()), "se": standard_error(values)}
     return {"per_episode": rows, "summary": out}
 
 
@@ -75,18 +87,18 @@ def write(out_dir, checkpoint_path, eps, videos, protocol, logdir=None) -> dict:
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = summarize(eps)
-    with open(out_dir / "episodes.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["episode", *STATS])
-        writer.writeheader()
-        for i, row in enumerate(result["per_episode"]):
-            writer.writerow({"episode": i, **row})
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["episode", *STATS])
+    writer.writeheader()
+    for i, row in enumerate(result["per_episode"]):
+        writer.writerow({"episode": i, **row})
     summary = {"checkpoint": str(checkpoint_path), "protocol": protocol, **result["summary"]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(summary, indent=1, sort_keys=True) + "\n"
+    tools.atomic_write(out_dir / "episodes.csv", lambda f: f.write(table.getvalue().encode()))
+    tools.atomic_write(out_dir / "summary.json", lambda f: f.write(text.encode()))
     for k, frames in enumerate(videos):
         write_video(out_dir / f"episode{k}", frames)
     if logdir:
-        import tools
-
         lg = tools.Logger(logdir)
         for k in STATS:
             lg.scalar(f"eval/{k}", summary[k]["mean"])
@@ -100,14 +112,10 @@ def write(out_dir, checkpoint_path, eps, videos, protocol, logdir=None) -> dict:
 def write_video(stem: pathlib.Path, frames: np.ndarray, fps: int = 16) -> pathlib.Path:
     """`stem`.mp4 (H.264 through the ffmpeg binary that imageio-ffmpeg ships) of uint8 (T, H, W, 3) frames, or
     `stem`.gif where imageio-ffmpeg is not installed; returns the path written."""
-    import tools
-
     try:
         import imageio_ffmpeg
     except ImportError:
-        from tools import gif_bytes
-
-        return tools.atomic_write(stem.with_suffix(".gif"), lambda f: f.write(gif_bytes(frames, fps)))
+        return tools.atomic_write(stem.with_suffix(".gif"), lambda f: f.write(tools.gif_bytes(frames, fps)))
     path = stem.with_suffix(".mp4")
     tmp = path.with_name(f".{path.name}.tmp.mp4")  # ffmpeg picks the container from the suffix
     T, H, W, _ = frames.shape

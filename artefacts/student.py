@@ -16,9 +16,38 @@ class ArtefactError(tools.UsageError):
     """A file that is not the artefact asked for; the message is one line naming it."""
 
 
+def import_torchao():
+    """torchao, imported with its warnings about optional kernels this build lacks silenced. Importing it registers
+    its tensor types (an int8 variant's weights) as safe for weights-only unpickling."""
+    import logging
+
+    log = logging.getLogger("torchao")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torchao
+    finally:
+        log.setLevel(level)
+    return torchao
+
+
+def _names_torchao(path: pathlib.Path) -> bool:
+    """Whether the checkpoint's pickle refers to torchao's types (an int8 variant), read without unpickling it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickle = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            return pickle is not None and b"torchao" in archive.read(pickle)
+    except (OSError, zipfile.BadZipFile):
+        return False  # not a checkpoint at all: load_checkpoint says so
+
+
 def read(path) -> dict:
     """The checkpoint dict of a student run or a policy variant; anything else is an ArtefactError."""
     path = pathlib.Path(path).expanduser()
+    if _names_torchao(path):  # in a fresh process weights-only unpickling refuses torchao's types until it is imported
+        import_torchao()
     try:
         payload = tools.load_checkpoint(path)
     except tools.CheckpointError as err:

@@ -2,7 +2,6 @@
 side in one run (size, parameter bytes, latency, throughput, action error, eval success vs fp32)."""
 from __future__ import annotations
 
-import math
 import pathlib
 import sys
 import time
@@ -14,10 +13,10 @@ from artefacts import evaluation, measure, student, variants
 COMPILED = ("fp32", "int8_wo", "int8_dyn")  # torch.compile is what may make int8 fast; fp32 compiled is its baseline
 
 
-def _paired(values: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """Mean difference and its standard error over the same seeded episodes."""
+def _paired(values: np.ndarray, ref: np.ndarray) -> tuple[float, float | None]:
+    """Mean difference and its standard error (None for one episode) over the same seeded episodes."""
     d = values - ref
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), evaluation.standard_error(d)
 
 
 def run(checkpoint_path, out_dir, names, episodes: int, seed: int, compile_: bool, calls: int = 200) -> list[dict]:
@@ -48,7 +47,7 @@ def run(checkpoint_path, out_dir, names, episodes: int, seed: int, compile_: boo
             timed[name, "compiled"] = measure.compiled(module)
         if episodes > 0:
             ref = success if ref is None else ref
-            row["success"], row["success_se"] = float(success.mean()), float(success.std(ddof=1) / math.sqrt(len(success)))
+            row["success"], row["success_se"] = float(success.mean()), evaluation.standard_error(success)
             row["success_diff"], row["success_diff_se"] = _paired(success, ref)
         rows.append(row)
         print(f"{name}: built and evaluated in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
@@ -94,7 +93,7 @@ def markdown(rows: list[dict]) -> str:
     lines = [head, "|" + " --- |" * 10]
     for r in rows:
         succ = f"{r['success']:.2f}" if "success" in r else "–"
-        diff = f"{r['success_diff']:+.2f} ± {r['success_diff_se']:.2f}" if "success" in r else "–"
+        diff = evaluation.with_error(r["success_diff"], r["success_diff_se"], signed=True) if "success" in r else "–"
         lines.append(f"| {r['variant']} | {r['file_bytes'] / 1024:.1f} | {r['param_bytes'] / 1024:.1f} | "
                      f"{lat(r, 'eager')} | {thr(r, 'eager')} | {lat(r, 'compiled')} | {thr(r, 'compiled')} | "
                      f"{r['max_action_err']:.4f} | {succ} | {diff} |")

@@ -20,7 +20,7 @@ from torch import nn
 
 import tools
 from artefacts.policy import ActingPolicy
-from artefacts.student import VARIANT_KIND, ArtefactError, build_agent
+from artefacts.student import VARIANT_KIND, ArtefactError, build_agent, import_torchao
 
 
 def _half(dtype):
@@ -31,9 +31,9 @@ def _half(dtype):
 
 def _int8(dynamic: bool):
     def apply(module: nn.Module) -> nn.Module:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
-
-        quantize_(module, Int8DynamicActivationInt8WeightConfig() if dynamic else Int8WeightOnlyConfig())
+        quantization = import_torchao().quantization
+        config = quantization.Int8DynamicActivationInt8WeightConfig() if dynamic else quantization.Int8WeightOnlyConfig()
+        quantization.quantize_(module, config)
         return module
     return apply
 

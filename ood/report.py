@@ -78,11 +78,13 @@ def _figure(width: float = 6.0, height: float = 4.0, ncols: int = 1):
 
 
 def _save(fig, path: pathlib.Path) -> np.ndarray:
-    """Save the figure as PNG and return it as uint8 (H, W, 3) for TensorBoard."""
+    """Save the figure as PNG (atomically) and return it as uint8 (H, W, 3) for TensorBoard."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    atomic_write(path, lambda f: f.write(png.getvalue()))
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
     plt.close(fig)
