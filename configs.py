@@ -80,7 +80,10 @@ def _parse_bool(text: str) -> bool:
 
 def _parse_number(text: str, kind: type) -> int | float:
     # int('1e5') fails although 1e5 is a natural way to write a step count; accept it when integral.
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
     if kind is int:
         if not value.is_integer():
             raise ValueError(f"expected an integer, got '{text}'")
@@ -146,7 +149,7 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
     names = list(known.configs)
     if "defaults" not in names:
         names.insert(0, "defaults")
-    merged = _merge_blocks(names, path)
+    merged = merge_blocks(names, path)
     if stage and ("-h" in rest or "--help" in rest):
         print_help(stage, description, merged, path, own=own_help)
         raise SystemExit(0)
@@ -182,7 +185,7 @@ def load_config(argv: Sequence[str] | None = None, description: str = "", path: 
     return config
 
 
-def _merge_blocks(names: list[str], path: pathlib.Path) -> dict:
+def merge_blocks(names: list[str], path: pathlib.Path) -> dict:
     """The blocks `names` of `path` merged left to right; an unknown block, or a key that `defaults` does not
     define, is an error naming the closest valid one."""
     blocks = read_blocks(path)

@@ -36,16 +36,19 @@ class Job:
         return self.logdir.with_name(self.logdir.name + ".done")
 
 
+def arg_text(value) -> str:
+    """A flag's value as its command-line word: a list comma-joined."""
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
 def as_args(flags: dict) -> list[str]:
     """`{key: value}` as `--key value`; lists are comma-joined except `configs`, which takes several words."""
     args = []
     for key, value in flags.items():
         if key == "configs":
             args += ["--configs", *([str(v) for v in value] if isinstance(value, list) else str(value).split())]
-        elif isinstance(value, list):
-            args += [f"--{key}", ",".join(str(v) for v in value)]
         else:
-            args += [f"--{key}", str(value)]
+            args += [f"--{key}", arg_text(value)]
     return args
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import pathlib
+import re
 from typing import Any
 
 from tools import UsageError
 
 TOP_KEYS = {"root", "resources", "flags", "collect", "teachers", "students", "ood", "report"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class SpecError(UsageError):
@@ -77,7 +79,7 @@ def _resources(block: dict, where: str, path: pathlib.Path, base: dict) -> dict:
     out = dict(base)
     for key, value in _mapping(block, where, path).items():
         _check_keys({key: 0}, RESOURCE_KEYS, where, path)
-        if not isinstance(value, (int, float)) or value < 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{path}: '{where}.{key}' must be a number >= 0, got {value!r}")
         out[key] = value
     return out
@@ -86,7 +88,7 @@ def _resources(block: dict, where: str, path: pathlib.Path, base: dict) -> dict:
 def _methods(block: dict, teachers: dict, path: pathlib.Path) -> list[Method]:
     methods = []
     for name, entry in _mapping(block, "students.methods", path).items():
-        entry = _mapping(entry, f"students.methods.{name}", path)
+        entry = _mapping(entry, f"students.methods.{_folder_name(name, 'students.methods', path)}", path)
         _check_keys(entry, {"flags", "teacher"}, f"students.methods.{name}", path)
         teacher = entry.get("teacher")
         split = list(teacher) if isinstance(teacher, list) else []
@@ -101,19 +103,79 @@ def _methods(block: dict, teachers: dict, path: pathlib.Path) -> list[Method]:
     return methods
 
 
-def load(path: str | pathlib.Path, repo_root: pathlib.Path) -> Spec:
-    """Read and validate a sweep spec; `root` is taken relative to the repo root unless absolute."""
+def _read(path: pathlib.Path):
+    """The spec's YAML; a duplicate key is named with its line (YAML would keep only one of the two)."""
     from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
     from ruamel.yaml.error import YAMLError
 
-    path = pathlib.Path(path)
     try:
-        raw = YAML(typ="safe", pure=True).load(path.read_text())
+        return YAML(typ="safe", pure=True).load(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{path}: sweep spec not found") from None
+    except DuplicateKeyError as err:
+        key = re.search(r'duplicate key "(.*?)"', err.problem or "")
+        raise SpecError(f"{path}:{err.problem_mark.line + 1}: key '{key.group(1) if key else '?'}' is given twice in "
+                        f"the mapping that starts on line {err.context_mark.line + 1}; keep one") from None
     except YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    raw = _mapping(raw, "the spec", path)
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', None) or str(err).splitlines()[0]})") \
+            from None
+
+
+def _boolean(value: Any, where: str, path: pathlib.Path) -> bool:
+    """YAML's true/false, or a word a flag would accept ('no', 'off', "false", ...): never a string's truth."""
+    if isinstance(value, bool):
+        return value
+    from configs import parse_value
+
+    try:
+        return parse_value(str(value), False)
+    except ValueError:
+        raise SpecError(f"{path}: '{where}' must be true or false, got {value!r}") from None
+
+
+def _tasks(value: Any, where: str, path: pathlib.Path) -> list[str]:
+    """Canonical task names (envs.tasks); a typo, or one task in two spellings, is an error naming it."""
+    from envs.tasks import TaskNameError, canonical_task
+
+    names = _names(value, where, path)
+    out = []
+    for name in names:
+        try:
+            task = canonical_task(name)
+        except TaskNameError as err:
+            raise SpecError(f"{path}: '{where}': {err}") from None
+        if task in out:
+            first = names[out.index(task)]
+            raise SpecError(f"{path}: '{where}' lists {task} twice ('{first}' and '{name}'); list each task once")
+        out.append(task)
+    return out
+
+
+def _seeds(value: Any, path: pathlib.Path) -> list[int]:
+    seeds = _names(value, "students.seeds", path)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise SpecError(f"{path}: 'students.seeds' must be integers >= 0, got {seeds}")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise SpecError(f"{path}: 'students.seeds' lists seed {twice[0]} twice; list each seed once")
+    return seeds
+
+
+def _folder_name(name: Any, where: str, path: pathlib.Path) -> str:
+    """A teacher or method name, which names a folder of the sweep's layout."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise SpecError(f"{path}: '{where}' name {name!r} must be letters, digits, '_', '.' or '-' (it names a "
+                        f"folder)")
+    return name
+
+
+def load(path: str | pathlib.Path, repo_root: pathlib.Path) -> Spec:
+    """Read and validate a sweep spec; `root` is taken relative to the repo root unless absolute."""
+    path = pathlib.Path(path)
+    raw = _mapping(_read(path), "the spec", path)
     _check_keys(raw, TOP_KEYS, "the spec", path)
     if not raw.get("root"):
         raise SpecError(f"{path}: 'root' (the sweep's output folder) is required")
@@ -121,25 +183,27 @@ def load(path: str | pathlib.Path, repo_root: pathlib.Path) -> Spec:
     _check_keys(collect, {"tasks", "flags"}, "collect", path)
     teachers = _mapping(raw.get("teachers"), "teachers", path)
     for name, entry in teachers.items():
-        entry = _mapping(entry, f"teachers.{name}", path)
+        entry = _mapping(entry, f"teachers.{_folder_name(name, 'teachers', path)}", path)
         _check_keys(entry, {"flags"}, f"teachers.{name}", path)
         teachers[name] = _mapping(entry.get("flags"), f"teachers.{name}.flags", path)
     if teachers and not collect:
         raise SpecError(f"{path}: 'teachers' need source data: add a 'collect' block with its tasks")
     students = _mapping(raw.get("students"), "students", path)
     _check_keys(students, {"targets", "seeds", "flags", "methods"}, "students", path)
-    seeds = _names(students.get("seeds", [0]), "students.seeds", path)
-    if not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise SpecError(f"{path}: 'students.seeds' must be integers >= 0, got {seeds}")
+    seeds = _seeds(students.get("seeds", [0]), path)
     root = pathlib.Path(str(raw["root"]))
-    return Spec(
+    spec = Spec(
         path=path, root=root if root.is_absolute() else (repo_root / root).resolve(),
         resources=_resources(raw.get("resources"), "resources", path, {"num_cpus": 1, "num_gpus": 0}),
         flags=_mapping(raw.get("flags"), "flags", path),
-        source_tasks=_names(collect["tasks"], "collect.tasks", path) if collect else [],
+        source_tasks=_tasks(collect.get("tasks"), "collect.tasks", path) if collect else [],
         collect_flags=_mapping(collect.get("flags"), "collect.flags", path),
         teachers=teachers,
-        targets=_names(students.get("targets"), "students.targets", path),
+        targets=_tasks(students.get("targets"), "students.targets", path),
         seeds=seeds, student_flags=_mapping(students.get("flags"), "students.flags", path),
         methods=_methods(students.get("methods"), teachers, path),
-        ood=bool(raw.get("ood", False)), report_flags=_mapping(raw.get("report"), "report", path))
+        ood=_boolean(raw.get("ood", False), "ood", path), report_flags=_mapping(raw.get("report"), "report", path))
+    from sweeps import flags
+
+    flags.check(spec)  # every flag against the stage that reads it, before any job runs
+    return spec
