@@ -164,7 +164,15 @@ def _check_method(spec: Spec, method: Method, config: dict, teachers: dict[str, 
         close = difflib.get_close_matches(str(mode), list(REGISTRY), n=1, cutoff=0.5)
         _fail(spec, f"{where}.flags.distill_mode", f"unknown method '{mode}'" + (f"; did you mean '{close[0]}'?" if
               close else "") + f" (registered: {', '.join(REGISTRY)})")
-    kind, teacher, name = REGISTRY[mode], teachers[method.teacher], method.teacher
+    for name in method.split or [method.teacher]:
+        _check_teacher(spec, where, mode, name, teachers[name], config)
+
+
+def _check_teacher(spec: Spec, where: str, mode: str, name: str, teacher: dict, config: dict) -> None:
+    """Teacher `name` (its resolved config) has what method `mode` needs and reads what the students record."""
+    from methods import REGISTRY
+
+    kind = REGISTRY[mode]
     if kind.encoder is not None and teacher["teacher_encoder_mode"] != kind.encoder:
         _fail(spec, where, f"distill_mode '{mode}' needs a '{kind.encoder}' teacher, but teachers.{name} pretrains "
                            f"a '{teacher['teacher_encoder_mode']}' one; set teachers.{name}.flags."

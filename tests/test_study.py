@@ -40,7 +40,7 @@ def write(path: pathlib.Path, teacher) -> pathlib.Path:
     path.write_text(f"root: {path.parent / 'sweep'}\ncollect: {{tasks: [metaworld_reach]}}\n"
                     "teachers: {A: {flags: {seed: 0}}, B: {flags: {seed: 1}}}\n"
                     f"students: {{targets: [metaworld_handle_press], seeds: [3, 4, 5, 6, 7], methods: {{c: {{teacher: "
-                    f"{teacher}}}, d: {{}}}}}}\n")
+                    f"{teacher}, flags: {{use_distill: True}}}}, d: {{}}}}}}\n")
     return path
 
 
