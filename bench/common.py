@@ -105,7 +105,8 @@ def student_agent(config, k: int | None = None, active: int | None = None, devic
                   act_dim: int = 4, **overrides):
     """Our student `Agent` with no distiller (k None) or with a randomly initialised K-task comet teacher
     (MoE encoder; timing does not depend on the weights) restricted to its first `active` views;
-    `overrides` are distillation config keys (teacher_precision, distill_batch). Returns (agent, distiller)."""
+    `overrides` are config keys of the distiller and the agent (teacher_precision, distill_batch, distill_target,
+    grad_share_every). Returns (agent, distiller)."""
     import torch
 
     from models.agent import Agent
@@ -113,7 +114,7 @@ def student_agent(config, k: int | None = None, active: int | None = None, devic
     from models.world_model import TeacherWorldModel
 
     torch.manual_seed(seed)
-    agent = Agent(config, None, act_dim, device)
+    agent = Agent({**config, **overrides}, None, act_dim, device)
     if k is None:
         return agent, None
     tconfig = {**config, "source_tasks": [f"metaworld_task{i}" for i in range(k)], "teacher_encoder_mode": "moe"}

@@ -2,6 +2,7 @@
 
     python bench/distill_step.py                  # paper pixel config: batch 50x50, 64x64, cnn_depth 32
     python bench/distill_step.py --quick          # tiny sizes, a smoke test of the script itself
+    python bench/distill_step.py --blocks metaworld_pixel_cpu   # the sizes of a config block instead
 
 Measures the student's full update (`Agent.train`: world model + distiller + behavior) for
   plain          no distillation,
@@ -11,6 +12,10 @@ Measures the student's full update (`Agent.train`: world model + distiller + beh
   k12_p3         comet with K=12 source tasks pruned to 3 active,
   k6_p3          comet with K=6 source tasks pruned to 3 active,
   k6_b25         k6 distilling on 25 of the 50 sequences (`distill_batch: 25`),
+  k6_prior       k6 matching one-step transition predictions (`distill_target: prior`),
+  k6_open_loop   k6 matching 5-step open-loop predictions (`distill_target: open_loop`, `distill_horizon` 5),
+  k6_share       k6 with the gradient share measured at every update (`grad_share_every: 1`; every other
+                 variant measures none, so k6_share - k6 is the cost of one measurement),
 and reports each variant's time relative to plain (target for k6: <= 1.5 on a CPU) and k12_p3/k6_p3
 (target <= 1.1: after pruning the cost must not depend on K). Teachers are randomly initialised:
 timing does not depend on the weights. The pruned states are set directly with
@@ -87,6 +92,9 @@ VARIANTS = {
     "k6_p3": (6, 3, {}),
     "k6_fp32": (6, None, {"teacher_precision": 32}),
     "k6_b25": (6, None, {"distill_batch": 25}),
+    "k6_prior": (6, None, {"distill_target": "prior"}),
+    "k6_open_loop": (6, None, {"distill_target": "open_loop", "distill_horizon": 5}),
+    "k6_share": (6, None, {"grad_share_every": 1}),
 }
 
 
@@ -121,10 +129,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", default="", help="also write the JSON here")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument("--blocks", default="", help="config blocks after defaults and metaworld (comma list), "
+                                                     "e.g. metaworld_pixel_cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    blocks = ["defaults", "metaworld"] + (["debug"] if args.quick else [])
-    config = configs.load_config(["--configs", *blocks, "--device", args.device])
+    blocks = ["defaults", "metaworld", *filter(None, args.blocks.split(","))] + (["debug"] if args.quick else [])
+    # No gradient-share measurement unless a variant asks for one: every other variant times the same update.
+    config = configs.load_config(["--configs", *blocks, "--device", args.device, "--grad_share_every", "0"])
     device = tools.get_device(args.device)
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
@@ -141,7 +152,8 @@ def main(argv=None) -> dict:
     median = {name: statistics.median(v) for name, v in basis.items()}
     result = {
         "bench": "distill_step",
-        "config": {"batch_size": config["batch_size"], "batch_length": config["batch_length"], "size": config["size"],
+        "config": {"blocks": blocks, "batch_size": config["batch_size"], "batch_length": config["batch_length"],
+                   "size": config["size"], "dyn_deter": config["dyn_deter"], "dyn_stoch": config["dyn_stoch"],
                    "cnn_depth": config["cnn_depth"], "n_experts": config["n_experts"], "obs": config["obs"],
                    "device": str(device), "quick": args.quick},
         "machine_before": before, "machine_after": machine(device),

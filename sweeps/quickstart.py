@@ -51,7 +51,7 @@ def student_steps(steps: int, flags: dict) -> dict:
     if steps < 10:
         raise tools.UsageError(f"--steps must be at least 10 env steps, got {steps}")
     every = max(steps // 3, 1)
-    return {"steps": steps, "eval_every": every, "log_every": every, "checkpoint_every": every,
+    return {"steps": steps, "eval_every": every, "log_every": every, "checkpoint_every": every, "probe_every": every,
             "prefill": min(int(flags.get("prefill", steps)), steps // 5)}
 
 
