@@ -17,7 +17,7 @@ import signal
 import time
 import uuid
 
-from tools import UsageError
+from tools import UsageError, atomic_write
 
 MARK = "COMET_SWEEP_SESSION"
 JOB_MARK = "COMET_SWEEP_JOB"  # set by sweeps.task in the environment of the stage scripts it starts
@@ -107,9 +107,8 @@ def session(root: pathlib.Path):
     clean_up(root)
     name = uuid.uuid4().hex
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{RECORD}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"session": name, "driver": os.getpid(), "driver_started": _started(os.getpid())}))
-    os.replace(tmp, root / RECORD)
+    record = {"session": name, "driver": os.getpid(), "driver_started": _started(os.getpid())}
+    atomic_write(root / RECORD, lambda f: f.write(json.dumps(record).encode()))
     previous = os.environ.get(MARK)
     os.environ[MARK] = name  # inherited by the Ray processes ray.init starts, and by everything they start
     try:

@@ -55,12 +55,7 @@ def tail(path: str, lines: int = TAIL_LINES) -> list[str]:
 
 def write_done(path: str, record: dict) -> None:
     """Atomically: a reader sees no marker or a complete one."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tools.atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
 
 
 def run_job(command: list[str], cwd: str, log: str, done: str, threads: int, retries: int = 2) -> dict:

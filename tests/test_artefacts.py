@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
     return path, payload, agent, measure.recorded_inputs(eps, agent.wm.obs_keys)
 
 
+@pytest.mark.slow
 def test_evaluate_same_seed_gives_identical_json_csv_videos_and_tensorboard(trained, tmp_path, capsys):
     import imageio_ffmpeg
 
@@ -151,6 +152,7 @@ def test_every_file_quantize_writes_loads_in_a_fresh_evaluate_process(trained, t
     assert "--no_compile is deprecated" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_exported_policy_gives_the_checkpoints_actions_without_the_repository(trained, tmp_path):
     _, _, agent, recorded = trained
     base = variants.make(agent, "fp32")

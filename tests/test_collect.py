@@ -120,6 +120,7 @@ def test_bad_flags_are_clear_errors(tmp_path, capsys):
     assert "random_frac" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["metaworld_drawer_close", "metaworld_door_open"])
 def test_expert_success_rate(tmp_path, task):
     manifest = collect(tmp_path, "--noise", "0.1", tasks=task, episodes=20, obs="state", workers=2)[task]

@@ -108,6 +108,7 @@ def test_bf16_autocast_and_compile_agree_with_float32(cuda_device):
     assert metrics["model_skipped"] == 0.0, metrics
 
 
+@pytest.mark.slow
 @pytest.mark.timeout_hint(120)
 def test_pixel_pipeline_collect_pretrain_distill_ood(device, tmp_path):
     import collect_data

@@ -21,6 +21,7 @@ import torch
 
 import replay
 
+pytestmark = pytest.mark.slow  # kill tests: real processes killed and rerun
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMON = ["--configs", "defaults", "metaworld", "metaworld_state", "debug", "--device", "cpu", "--progress", "False",
           "--threads", "1"]

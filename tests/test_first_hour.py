@@ -115,6 +115,7 @@ def test_stage_help_lists_its_own_flags_with_descriptions(script, own, foreign):
     assert done.stdout.startswith(f"usage: {script} ")
 
 
+@pytest.mark.slow  # a real student run in a subprocess
 def test_flags_of_another_stage_warn(tmp_path):
     done = subprocess.run([sys.executable, "dreamer_distill.py", *RUN, "--n_experts", "12", "--steps", "0",
                            "--logdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)

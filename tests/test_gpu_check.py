@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 @pytest.mark.timeout_hint(90)
 def test_gpu_check_dry_run_measures_every_part(tmp_path):
     command = [sys.executable, "bench/gpu_check.py", "--dry-run", "--skip", "compile", "--out", str(tmp_path)]

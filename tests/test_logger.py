@@ -45,6 +45,7 @@ def test_wandb_is_off_unless_asked():
         wandb_settings(configs.load_config(["--wandb", "True", "--wandb_mode", "cloud"]))
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_scalars_videos_and_events(tmp_path):
     settings = wandb_settings({"wandb": True, "wandb_mode": "offline", "wandb_project": "comet-test", "seed": 3})
     logger = Logger(tmp_path, wandb=settings)

@@ -196,6 +196,7 @@ def test_checkpoint_with_behaviour_teachers_round_trips_and_loads_strictly(teach
 
 # --- end to end ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,extra", [("policy", []), ("critic", ["--critic_warmup", "3"])])
 def test_policy_and_critic_modes_run_end_to_end_and_resume(teacher_file, mode, extra, capsys):
     import dreamer_distill

@@ -351,6 +351,7 @@ def test_missing_teacher_file(synthetic, tmp_path, capsys):
     assert len(err) == 1 and "checkpoint not found" in err[0], err
 
 
+@pytest.mark.slow
 def test_pipeline_collect_pretrain_detect(tmp_path):
     """Tiny collected state data -> a teacher pretrained for a few updates -> the OOD command line."""
     import subprocess

@@ -98,6 +98,7 @@ def report(tmp_path: pathlib.Path, runs: pathlib.Path, out: str, *flags: str) ->
     return json.loads((tmp_path / out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_results_paired_verdicts_known_answers_and_byte_identical(tmp_path):
     paired_runs(tmp_path / "runs")
     data = report(tmp_path, tmp_path / "runs", "a")

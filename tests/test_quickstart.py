@@ -10,6 +10,7 @@ from sweeps import quickstart
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 @pytest.mark.timeout_hint(240)
 def test_quickstart_sweep_ends_with_a_results_table_and_curves(tmp_path):
     root = tmp_path / "qs"

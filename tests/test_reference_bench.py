@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 BENCH = [sys.executable, "bench/reference_side_by_side.py"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout_hint(60)
 def test_quick_run_times_our_student_and_distillation_updates(tmp_path):
     cases = "student_wm_8x50_2t,student_full_8x50_2t,distill_wm_16x50_1t"

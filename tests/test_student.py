@@ -29,6 +29,7 @@ def train_records(logdir):
     return [r for r in records(logdir) if "train/model_loss" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout_hint(60)
 @pytest.mark.parametrize("obs", ["state", "pixel"])
 def test_run_writes_episodes_metrics_checkpoint_and_resumes(tmp_path, obs, capsys):
@@ -111,6 +112,7 @@ def stop_training_at(monkeypatch, step: int, error: BaseException):
     return lambda: monkeypatch.setattr(Trainer, "train_due", original)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout_hint(30)
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
     logdir = tmp_path / "run"
@@ -123,6 +125,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
     assert tools.load_checkpoint(logdir / "latest.pt")["step"] == 160
 
 
+@pytest.mark.slow
 @pytest.mark.timeout_hint(30)
 def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_superseded_rows(tmp_path, monkeypatch):
     logdir = tmp_path / "run"

@@ -76,6 +76,7 @@ def end_session(process: subprocess.Popen) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_sweep_finishes_survives_a_killed_job_and_is_idempotent(tmp_path):
     root = tmp_path / "sweep"
     spec = write_spec(tmp_path / "spec.yaml", root, {
@@ -134,6 +135,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_killed_or_interrupted_driver_leaves_no_ray_and_continues_and_a_bad_flag_is_reported(tmp_path):
     from sweeps.local_ray import marked
 

@@ -46,8 +46,12 @@ def test_paper_pixel_gpu_spec_builds_the_full_comparison(capsys):
             assert config.steps == 500_000 and config.batch_size == 50 and config.batch_length == 50, job.name
 
 
-@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")),
-                         ids=lambda p: p.name)
+# Specs whose every job, parsed by its stage, takes over 10 s (the test above checks one seed of the paper spec).
+BIG_SPECS = ("paper_pixel_gpu.yaml", "handle_press_near.yaml")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.name in BIG_SPECS else p
+                                  for p in sorted(SPECS.glob("*.yaml"))], ids=lambda p: p.name)
 def test_other_committed_specs_give_commands_their_stages_accept(path, capsys):
     jobs = job_graph.build(spec_module.load(path, ROOT), python="python")
     for job in jobs:
