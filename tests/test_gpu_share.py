@@ -11,7 +11,7 @@ from tests.test_sweep_specs import ROOT
 SPEC = """root: {root}
 resources: {{num_cpus: 2{gpus}}}
 flags: {{configs: [defaults, metaworld, quickstart], device: {device}}}
-collect: {{tasks: [metaworld_reach, metaworld_door_open]}}
+collect: {{tasks: [metaworld_reach, metaworld_door_open], flags: {{obs: state}}}}
 teachers: {{moe: {{flags: {{pretrain_iterations: 3}}}}}}
 students:
   targets: [metaworld_drawer_close]
