@@ -30,10 +30,15 @@ class ActingPolicy(nn.Module):
         self.actor = agent.behavior.actor
         self.act_dim = agent.act_dim
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.dynamics.parameters()).device
+
     def initial(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Zero (stoch, deter, action) for n envs, float32."""
-        state = self.dynamics.initial(n, torch.device("cpu"), torch.float32)
-        return state["stoch"], state["deter"], torch.zeros(n, self.act_dim)
+        """Zero (stoch, deter, action) for n envs, float32, on the module's device."""
+        device = self.device
+        state = self.dynamics.initial(n, device, torch.float32)
+        return state["stoch"], state["deter"], torch.zeros(n, self.act_dim, device=device)
 
     def forward(self, obs: dict, is_first: torch.Tensor, stoch: torch.Tensor, deter: torch.Tensor,
                 action: torch.Tensor):
@@ -62,11 +67,14 @@ class PolicyAgent:
 
     @torch.inference_mode()
     def policy(self, obs: dict, state=None, training: bool = False):
-        inputs = {k: torch.as_tensor(np.asarray(obs[k])) for k in self.obs_keys}
-        is_first = torch.as_tensor(np.asarray(obs["is_first"], bool))
+        """Actions (n, A) for the observations on the policy's device; one read of the device (the actions)."""
+        device = self.base.device
+        to = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
+        inputs = {k: to(obs[k]) for k in self.obs_keys}
+        is_first = to(np.asarray(obs["is_first"], bool))
         if state is None:
             state = self.base.initial(len(is_first))
         action, stoch, deter = self.module(inputs, is_first, *state)
-        out = action.numpy().astype(np.float32)
+        out = action.cpu().numpy().astype(np.float32)
         assert np.all(np.abs(out) <= 1.0), f"policy produced actions outside [-1, 1]: {np.abs(out).max()}"
         return out, (stoch, deter, action)

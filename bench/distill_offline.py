@@ -102,7 +102,7 @@ def score(wm, batches: list[dict], held: list[dict]) -> dict:
     for batch in batches:
         _, metrics, _ = wm.loss(wm.preprocess(batch))
         for key in keys:
-            sums[key] += metrics[key] * len(batch["action"]) / total
+            sums[key] += float(metrics[key]) * len(batch["action"]) / total
     return {**sums, "probe_r2": probe(wm, held).get("probe/student_r2", float("nan"))}
 
 

@@ -106,6 +106,8 @@ class TeacherMethod(Method):
         self.register_buffer("active", torch.ones(k, dtype=torch.bool))
         self.register_buffer("ema", torch.full((k,), 1.0 / k))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        # The active ids as a tensor (V,), derived from `active`: a buffer so `.to(device)` moves it, not saved.
+        self.register_buffer("_ids", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_active())
         self._refresh_active()
 
@@ -190,7 +192,8 @@ class TeacherMethod(Method):
                               f"--distill_weight")
 
     def _refresh_active(self) -> None:
-        """Python-side copies of the active set and the update count (no device sync per update)."""
+        """Python-side copies of the active set and the update count, and `_ids` (V,): read from the device
+        only here (construction, resume, pruning), never in an ordinary update."""
         self.n_updates = int(self.updates)
         self.active_ids: list[int] = [i for i, a in enumerate(self.active.tolist()) if a]
         self._ids = torch.tensor(self.active_ids, dtype=torch.long, device=self.active.device)  # (V,)
@@ -275,7 +278,7 @@ class TeacherMethod(Method):
             return self._ids
         generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + self.n_updates)
         order = torch.randperm(len(self.active_ids), generator=generator)
-        return self._ids[order.to(self._ids.device)]
+        return self._ids[order.to(self._ids.device, non_blocking=True)]  # a blocking copy would sync
 
     # --- one update ------------------------------------------------------------------------------
 
@@ -291,7 +294,8 @@ class TeacherMethod(Method):
     def run_update(self, compute, ref: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         """Count one update of this method: `compute() -> (raw loss, metric names, metric values)` runs
         unless the coefficient schedule is at zero (then the teacher is not run at all, and relevance EMAs
-        and pruning pause); returns (scale * raw, metrics as floats, read with one device sync)."""
+        and pruning pause); returns (scale * raw, metrics: 0-d device tensors, numbers the host knows).
+        Nothing is read from the device, except by a pruning decision (every `prune_every` updates)."""
         scale = self.coefficient()
         if self.auto is None and scale == 0.0:
             raw, names, values = ref.new_zeros(()), [], []
@@ -299,12 +303,13 @@ class TeacherMethod(Method):
             raw, names, values = compute()
         self.n_updates += 1
         self.updates.fill_(self.n_updates)
-        names = ["distill/loss", "distill/scale", "distill/active_tasks"] + names
-        values = [raw.detach(), torch.as_tensor(scale, dtype=raw.dtype, device=raw.device),
-                  raw.new_tensor(float(len(self.active_ids)))] + list(values)
-        values += [self.ema[i] for i in range(self.n_tasks)]
-        names += [f"distill/relevance_ema_{name}" for name in self.task_names]
-        metrics = dict(zip(names, torch.stack([v.float() for v in values]).tolist()))  # one sync
+        metrics = {"distill/loss": raw.detach().float(),
+                   "distill/scale": scale.detach().float() if torch.is_tensor(scale) else float(scale),
+                   "distill/active_tasks": float(len(self.active_ids))}
+        metrics.update((name, v.detach().float()) for name, v in zip(names, values))
+        # A copy: update_ema changes `ema` in place in later updates.
+        ema = self.ema.detach().clone().unbind()
+        metrics.update((f"distill/relevance_ema_{name}", ema[i]) for i, name in enumerate(self.task_names))
         if self.prune_every and self.n_updates % self.prune_every == 0:
             self.maybe_prune(step)
         return scale * raw, metrics
@@ -322,7 +327,8 @@ class TeacherMethod(Method):
         count = keep.sum().clamp(min=1)
         entropy = -(flat * flat.clamp(min=1e-12).log()).sum(0)  # (P,)
         norm = math.log(v) if v > 1 else 1.0
-        top = torch.nn.functional.one_hot(flat.argmax(0), v).to(flat.dtype)  # (P, V)
+        # scatter, not one_hot: one_hot reads the ids' range back to check it (a host sync off CUDA).
+        top = torch.zeros_like(flat.t()).scatter_(1, flat.argmax(0)[:, None], 1.0)  # (P, V)
         argmax = (top * keep[:, None]).sum(0) / count  # (V,)
         names = ["distill/relevance_entropy"] + [f"distill/relevance_argmax_{self.task_names[i]}"
                                                  for i in self.active_ids]

@@ -58,7 +58,7 @@ class Critic(BehaviourMethod):
         value = critic(feat[:, :-1])  # (B, T-1)
         loss = (w * 0.5 * (value.unsqueeze(0) - target).pow(2).mean((1, 2))).sum()
         scale = self.value_coef if coef is None else coef
-        return scale * loss, {"distill/critic_value_loss": float(loss.detach())}
+        return scale * loss, {"distill/critic_value_loss": loss.detach()}
 
     # --- offline warm start --------------------------------------------------------------------------
 

@@ -27,11 +27,13 @@ class Reward(TeacherMethod):
     def _reward_loss(self, data: dict, s: torch.Tensor, wm):
         r_teacher, err, relevance = self.reward_relevance(data)  # (V, B, T), (V,), (V,)
         with torch.no_grad():
-            pos = self.ema[self._ids].argmax()  # among the active views only
-            target = r_teacher[pos]  # (B, T)
+            # Among the active views only. index_select, not [pos]: indexing with a tensor reads it back.
+            pos = self.ema[self._ids].argmax().view(1)
+            target = r_teacher.index_select(0, pos).squeeze(0)  # (B, T)
         r_student = wm.predict_reward(s)  # (B, T)
         raw = self.coef * F.mse_loss(r_student.float(), target)
         names = [f"distill/weight_{self.task_names[i]}" for i in self.active_ids]
         names += [f"distill/reward_err_{self.task_names[i]}" for i in self.active_ids] + ["distill/reward_view"]
         stat_names, stats = self.relevance_stats(relevance[:, None])  # one relevance per batch here
-        return raw, names + stat_names, list(relevance) + list(err) + [self._ids[pos].to(err.dtype)] + stats
+        view = self._ids.index_select(0, pos).squeeze(0).to(err.dtype)
+        return raw, names + stat_names, list(relevance) + list(err) + [view] + stats

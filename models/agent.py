@@ -8,18 +8,17 @@ Shape legend: n envs, B batch, T time, A action size, F feature size.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 
 from models import grad_share
 from models.behavior import Behavior
+from models.optim import adam, step_if
 from models.world_model import WorldModel
 
 # Consecutive non-finite world-model losses tolerated (each is skipped and logged) before giving up:
-# one bad batch is survivable, a run of them means the model has diverged.
+# one bad batch is survivable, a run of them means the model has diverged. Checked when the loop logs.
 MAX_NONFINITE = 10
 
 
@@ -41,15 +40,16 @@ class Agent:
         self.device = torch.device(device)
         self.act_dim = int(act_dim)
         self.wm = WorldModel(c, self.act_dim, obs_shapes(obs_space)).to(self.device)
-        self.behavior = Behavior(c, self.wm.feat_size, self.act_dim).to(self.device)
-        self.wm_opt = torch.optim.Adam(self.wm.parameters(), lr=c["model_lr"], eps=c["model_eps"],
-                                       weight_decay=c["weight_decay"])
+        self.behavior = Behavior(c, self.wm.feat_size, self.act_dim, self.device)
+        self.wm_opt = adam(self.wm.parameters(), c["model_lr"], c["model_eps"], c["weight_decay"])
         self.distiller = None
         self.distill_opt = None
         self.updates = 0  # completed calls of train()
-        self._nonfinite = 0
         self.share_every = int(c.get("grad_share_every", 0))  # world-model updates between gradient-share reads
         self._wm_updates = 0  # calls of train_world_model in this process (paces the gradient-share reads)
+        # Skipped updates in a row and the longest such run since the last check (device tensors, made lazily).
+        self._nonfinite = self._worst_run = None
+        self._wm_ok = None  # whether the last world-model update was taken (device bool), gating the behavior
         if distiller is not None:
             self.attach_distiller(distiller)
 
@@ -66,8 +66,8 @@ class Agent:
         shared = sum(id(p) in owned for p in params)
         assert shared == 0, f"{shared} distiller parameters belong to the student; each must be in one optimizer"
         self.distiller = distiller
-        self.distill_opt = torch.optim.Adam(params, lr=self.config["model_lr"], eps=self.config["model_eps"],
-                                            weight_decay=self.config["weight_decay"]) if params else None
+        self.distill_opt = adam(params, self.config["model_lr"], self.config["model_eps"],
+                                self.config["weight_decay"]) if params else None
 
     # --- acting -------------------------------------------------------------------------------------
 
@@ -103,21 +103,23 @@ class Agent:
     # --- learning -----------------------------------------------------------------------------------
 
     def train(self, batch: dict, step: int) -> dict:
-        """One world-model (+ distiller) update, then one behavior update. batch: (B, T, ...) arrays.
+        """One world-model (+ distiller) update, then one behavior update. batch: (B, T, ...) arrays or tensors.
 
-        A non-finite world-model loss or gradient skips that update (metric `model_skipped` = 1);
-        MAX_NONFINITE in a row raise FloatingPointError.
+        Returns the metrics as 0-d device tensors (and numbers the host knows); nothing is read back here
+        (`models.metrics` reads them once per log). A non-finite world-model loss or gradient skips that
+        update's optimizer steps, world model and behavior alike (metric `model_skipped` = 1), decided on the
+        device; `check_finite` raises once MAX_NONFINITE updates in a row were skipped.
         """
         data, post, metrics = self.train_world_model(batch, step)
-        if post is not None:
-            metrics.update(self.behavior.train_step(self.wm, post, step, **self.behavior_hooks(data, post, step)))
+        hooks = self.behavior_hooks(data, post, step)
+        metrics.update(self.behavior.train_step(self.wm, post, step, ok=self._wm_ok, **hooks))
         self.updates += 1
         return metrics
 
-    def train_world_model(self, batch: dict, step: int) -> tuple[dict, dict | None, dict]:
-        """The world-model (+ distiller) half of `train`: loss, backward, clipping, Adam steps. Returns the
-        preprocessed batch, the detached posterior states (B, T, ...) the behavior starts from (None when a
-        non-finite loss or gradient skipped the update) and the metrics. Does not count an update."""
+    def train_world_model(self, batch: dict, step: int) -> tuple[dict, dict, dict]:
+        """The world-model (+ distiller) half of `train`: loss, backward, clipping, Adam steps (skipped on the
+        device when the loss or a gradient norm is not finite). Returns the preprocessed batch, the detached
+        posterior states (B, T, ...) the behavior starts from and the metrics. Does not count an update."""
         c = self.config
         wm = self.wm
         data = wm.preprocess(batch)
@@ -143,33 +145,44 @@ class Agent:
             if record is not None:  # distill_weight auto moves its coefficient
                 record(shares[grad_share.SHARE])
         norm = nn.utils.clip_grad_norm_(wm.parameters(), c["model_grad_clip"])
-        checks = [loss.detach().float(), norm.float()]
+        ok = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+        metrics["model_grad_norm"] = norm
         if self.distill_opt is not None:
-            checks.append(nn.utils.clip_grad_norm_(self.distill_opt.param_groups[0]["params"],
-                                                   c["model_grad_clip"]).float())
-        checks = torch.stack(checks).tolist()  # one device sync for all the finiteness checks
-        loss_value, metrics["model_grad_norm"] = checks[:2]
+            distill_norm = nn.utils.clip_grad_norm_(self.distill_opt.param_groups[0]["params"], c["model_grad_clip"])
+            ok = ok & torch.isfinite(distill_norm)
+            metrics["distill_grad_norm"] = distill_norm
+        metrics["model_skipped"] = (~ok).float()
+        self._count_nonfinite(ok)
+        step_if(self.wm_opt, ok)
         if self.distill_opt is not None:
-            metrics["distill_grad_norm"] = checks[2]
-        finite = all(math.isfinite(x) for x in checks)
-        metrics["model_skipped"] = float(not finite)
-        if not finite:
-            self._nonfinite += 1
-            if self._nonfinite >= MAX_NONFINITE:
-                raise FloatingPointError(
-                    f"world-model loss or gradient non-finite for {self._nonfinite} updates in a row (update "
-                    f"{self.updates}, loss {loss_value}, grad norm {metrics['model_grad_norm']}); the model diverged: lower "
-                    f"--model_lr or check the data (rewards, observations) for NaN/inf")
-            self.wm_opt.zero_grad(set_to_none=True)
-            if self.distill_opt is not None:
-                self.distill_opt.zero_grad(set_to_none=True)
-            return data, None, metrics
-        self._nonfinite = 0
-        self.wm_opt.step()
-        if self.distill_opt is not None:
-            self.distill_opt.step()
+            step_if(self.distill_opt, ok)
         self.wm_opt.zero_grad(set_to_none=True)
+        self._wm_ok = ok
         return data, {k: v.detach() for k, v in post.items()}, metrics
+
+    def _count_nonfinite(self, ok: torch.Tensor) -> None:
+        """The run of skipped updates, and the longest run since the last `check_finite`, on the device."""
+        if self._nonfinite is None:
+            self._nonfinite = torch.zeros((), dtype=torch.long, device=ok.device)
+            self._worst_run = torch.zeros((), dtype=torch.long, device=ok.device)
+        self._nonfinite = torch.where(ok, 0, self._nonfinite + 1)
+        self._worst_run = torch.maximum(self._worst_run, self._nonfinite)
+
+    def health(self) -> dict[str, torch.Tensor]:
+        """The device value `check_finite` judges, for a loop to read along with its metrics (one copy)."""
+        return {} if self._worst_run is None else {"nonfinite_run": self._worst_run}
+
+    def check_finite(self, read: dict | None = None) -> None:
+        """Raise FloatingPointError when MAX_NONFINITE or more updates in a row were skipped since the last
+        call. `read`: `health()` as the loop read it; None reads it here (one read of the device)."""
+        if self._worst_run is None:
+            return
+        worst = int(read["nonfinite_run"] if read is not None else self._worst_run)
+        self._worst_run.zero_()
+        if worst >= MAX_NONFINITE:
+            raise FloatingPointError(
+                f"world-model loss or gradient non-finite for {worst} updates in a row (by update {self.updates}); "
+                f"the model diverged: lower --model_lr or check the data (rewards, observations) for NaN/inf")
 
     def behavior_hooks(self, data: dict, post: dict, step: int) -> dict:
         """The distiller's actor/critic hooks bound to this batch: {'actor_extra': fn(actor) -> (loss, metrics),

@@ -21,6 +21,7 @@ from torch import nn
 import configs
 
 from .networks import MLP
+from .optim import adam, step_if
 
 ACTOR_DISTS = ("tanh_normal", "trunc_normal")
 IMAG_GRADIENTS = ("dynamics", "reinforce", "both")
@@ -40,7 +41,8 @@ class TanhNormal:
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         self.mean, self.std = mean, std
-        self.base = torch.distributions.Normal(mean, std)
+        # No argument checks: each would read the device (a host sync) in every imagination step.
+        self.base = torch.distributions.Normal(mean, std, validate_args=False)
 
     def sample(self) -> torch.Tensor:
         """Reparameterised sample (..., A) in [-1, 1]."""
@@ -187,7 +189,7 @@ class Behavior(nn.Module):
     one actor and one critic update. The world model is only read, never updated, here.
     """
 
-    def __init__(self, config, feat_size: int, act_dim: int):
+    def __init__(self, config, feat_size: int, act_dim: int, device=None):
         super().__init__()
         c = config
         if c["imag_gradient"] not in IMAG_GRADIENTS:
@@ -200,14 +202,18 @@ class Behavior(nn.Module):
         self.critic = Critic(feat_size, c["mlp_units"], c["mlp_layers"], c["act"], c["norm"])
         self.slow_critic = copy.deepcopy(self.critic)
         self.slow_critic.requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c["actor_lr"], eps=c["ac_eps"],
-                                          weight_decay=c["weight_decay"])
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c["critic_lr"], eps=c["ac_eps"],
-                                           weight_decay=c["weight_decay"])
         self.entropy_scale = configs.schedule(c["actor_entropy"])
         self.gradient_mix = configs.schedule(c["imag_gradient_mix"])
-        # Counts critic updates for the slow-critic schedule; a buffer so it is checkpointed.
+        # Counts critic updates for the slow-critic schedule; a buffer so it is checkpointed, mirrored by a
+        # host count (`n_updates`) so the schedule never reads the device.
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.n_updates = 0
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "n_updates", int(module.updates)))
+        if device is not None:
+            self.to(device)
+        # Built on the parameters' final device: whether Adam is fused is decided there (models.optim).
+        self.actor_opt = adam(self.actor.parameters(), c["actor_lr"], c["ac_eps"], c["weight_decay"])
+        self.critic_opt = adam(self.critic.parameters(), c["critic_lr"], c["ac_eps"], c["weight_decay"])
 
     # --- acting ---------------------------------------------------------------------------------
 
@@ -249,11 +255,13 @@ class Behavior(nn.Module):
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0).detach()
         return target, weight, reward, value
 
-    def train_step(self, wm, start: dict, step: int, actor_extra=None, critic_extra=None) -> dict:
-        """One actor and one critic update from posterior states `start` (B, T, ...). Returns metrics.
+    def train_step(self, wm, start: dict, step: int, actor_extra=None, critic_extra=None, ok=None) -> dict:
+        """One actor and one critic update from posterior states `start` (B, T, ...). Returns metrics (0-d
+        device tensors; `actor_entropy_scale` a number).
 
         `actor_extra(actor)` / `critic_extra(critic)` -> (loss, metrics), when given, add a term to that
-        loss (a distillation method's hooks)."""
+        loss (a distillation method's hooks). `ok` (0-d bool tensor): where false, no step is taken (the
+        world-model update of the same batch was skipped)."""
         c = self.config
         start = {k: v.detach() for k, v in start.items()}
         mode = c["imag_gradient"]
@@ -277,15 +285,15 @@ class Behavior(nn.Module):
         if actor_extra is not None:
             extra, extra_metrics = actor_extra(self.actor)
             actor_loss = actor_loss + extra
-        actor_norm = self.optimizer_step(self.actor_opt, self.actor, actor_loss, c["actor_grad_clip"])
+        actor_norm = self.optimizer_step(self.actor_opt, self.actor, actor_loss, c["actor_grad_clip"], ok)
 
         value = self.critic(feats[:-1].detach())  # (Hz, M)
         critic_loss = (weight * 0.5 * (value - target.detach()) ** 2).mean()
         if critic_extra is not None:
             extra, more = critic_extra(self.critic)
             critic_loss, extra_metrics = critic_loss + extra, {**extra_metrics, **more}
-        critic_norm = self.optimizer_step(self.critic_opt, self.critic, critic_loss, c["critic_grad_clip"])
-        self._update_slow_critic()
+        critic_norm = self.optimizer_step(self.critic_opt, self.critic, critic_loss, c["critic_grad_clip"], ok)
+        self._update_slow_critic(ok)
 
         values = {
             "actor_loss": actor_loss, "critic_loss": critic_loss, "actor_entropy": entropy.mean(),
@@ -293,33 +301,38 @@ class Behavior(nn.Module):
             "imag_value": value.mean(), "imag_action_abs": actions.abs().mean(),
             "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm,
         }
-        metrics = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
+        metrics = {name: v.detach().float() for name, v in values.items()}
         metrics["actor_entropy_scale"] = ent_scale
         metrics.update(extra_metrics)
         return metrics
 
     @staticmethod
-    def optimizer_step(opt: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, clip: float) -> torch.Tensor:
-        """Backward, clip, step. A non-finite loss or gradient skips the step (the returned norm is then
-        non-finite and shows up in the logged metrics) instead of writing NaNs into the weights."""
+    def optimizer_step(opt: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, clip: float,
+                       ok: torch.Tensor | None = None) -> torch.Tensor:
+        """Backward, clip, step. A non-finite loss or gradient (or `ok` false) skips the step on the device
+        (the returned norm is then non-finite and shows up in the logged metrics) instead of writing NaNs
+        into the weights."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(module.parameters(), clip)
-        if torch.isfinite(torch.stack([norm.float(), loss.detach().float()])).all():  # one device sync
-            opt.step()
+        finite = torch.isfinite(norm) & torch.isfinite(loss.detach())
+        step_if(opt, finite if ok is None else finite & ok)
         opt.zero_grad(set_to_none=True)
         return norm
 
     @torch.no_grad()
-    def _update_slow_critic(self) -> None:
+    def _update_slow_critic(self, ok: torch.Tensor | None = None) -> None:
         """Every `slow_critic_update` critic updates, move the slow critic a fraction towards the critic
-        (fraction 1: copy). The first call syncs them, so they start equal."""
+        (fraction 1: copy). The first call syncs them, so they start equal. A skipped update (`ok` false)
+        counts but moves nothing."""
         c = self.config
-        if int(self.updates) % int(c["slow_critic_update"]) == 0:
+        if self.n_updates % int(c["slow_critic_update"]) == 0:
             mix = float(c["slow_critic_fraction"])
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
-                slow.mul_(1.0 - mix).add_(fast, alpha=mix)
-        self.updates += 1
+                moved = torch.add(slow * (1.0 - mix), fast, alpha=mix)  # as mul_ then add_: same rounding
+                slow.copy_(moved if ok is None else torch.where(ok, moved, slow))
+        self.n_updates += 1
+        self.updates.fill_(self.n_updates)
 
     # --- checkpoint -----------------------------------------------------------------------------
 

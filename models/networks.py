@@ -27,7 +27,13 @@ def activation(name: str) -> nn.Module:
 class TaskBlocks:
     """Task ids laid out as len(tasks) contiguous blocks of `size` samples: sample m belongs to
     tasks[m // size]. Lets per-task layers evaluate only the listed tasks' weights (a batch of
-    several task views of the same data), where a general id tensor would touch every task."""
+    several task views of the same data), where a general id tensor would touch every task.
+
+    The id tensors are made once per process (by tasks, size and device; `_made`) and held by each instance
+    (`_cache`): a new instance is made for every batch, and building a tensor from a list on a GPU is a
+    blocking copy."""
+
+    _made: dict = {}
 
     def __init__(self, tasks: Sequence[int], size: int):
         self.tasks, self.size = tuple(int(k) for k in tasks), int(size)
@@ -36,19 +42,23 @@ class TaskBlocks:
     def __len__(self) -> int:
         return len(self.tasks) * self.size
 
+    def _held(self, kind: str, device, make) -> torch.Tensor:
+        # The instance's key names no task: a compiled step reads it without guarding on the task values.
+        key = (kind, str(device))
+        if key not in self._cache:
+            made = (kind, self.tasks, self.size, str(device))
+            if made not in self._made:
+                self._made[made] = make()
+            self._cache[key] = self._made[made]
+        return self._cache[key]
+
     def index(self, device) -> torch.Tensor:
         """The listed task ids (V,) on `device`."""
-        key = ("index", str(device))
-        if key not in self._cache:
-            self._cache[key] = torch.tensor(self.tasks, dtype=torch.long, device=device)
-        return self._cache[key]
+        return self._held("index", device, lambda: torch.tensor(self.tasks, dtype=torch.long, device=device))
 
     def ids(self, device) -> torch.Tensor:
         """One id per sample (V*size,) on `device`."""
-        key = ("ids", str(device))
-        if key not in self._cache:
-            self._cache[key] = self.index(device).repeat_interleave(self.size)
-        return self._cache[key]
+        return self._held("ids", device, lambda: self.index(device).repeat_interleave(self.size))
 
 
 def task_rows(table: torch.Tensor, task, lead: Sequence[int]) -> torch.Tensor:

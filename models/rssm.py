@@ -129,11 +129,14 @@ class RSSM(nn.Module):
 
     def get_dist(self, state: dict) -> torch.distributions.Distribution:
         """Distribution over stoch (event dims are the stoch dims)."""
+        # No argument checks: each reads the device back (a host sync).
         if self.discrete:
-            base = torch.distributions.OneHotCategoricalStraightThrough(logits=state["logit"].float())
-            return torch.distributions.Independent(base, 1)
+            base = torch.distributions.OneHotCategoricalStraightThrough(logits=state["logit"].float(),
+                                                                        validate_args=False)
+            return torch.distributions.Independent(base, 1, validate_args=False)
         return torch.distributions.Independent(
-            torch.distributions.Normal(state["mean"].float(), state["std"].float()), 1)
+            torch.distributions.Normal(state["mean"].float(), state["std"].float(), validate_args=False), 1,
+            validate_args=False)
 
     def _stats(self, raw: torch.Tensor, sample: bool) -> dict:
         if self.discrete:

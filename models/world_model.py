@@ -232,7 +232,7 @@ class WorldModel(_Base):
     def loss(self, data: dict, task=None) -> tuple[torch.Tensor, dict, dict]:
         """World-model loss L = kl_scale*KL + sum_key key_scale*NLL_key on a (B, T) batch.
 
-        Returns (loss, metrics of floats, posterior states (B, T, ...) with gradients).
+        Returns (loss, metrics as 0-d tensors, posterior states (B, T, ...) with gradients).
         """
         data = self.preprocess(data)
         c = self.config
@@ -246,7 +246,7 @@ class WorldModel(_Base):
         if not self.dynamics.discrete:
             names += ["prior_ent", "post_ent"]
             values += [gaussian_entropy(prior["std"]).mean(), gaussian_entropy(post["std"]).mean()]
-        metrics = dict(zip(names, torch.stack([v.detach().float() for v in values]).tolist()))
+        metrics = {name: v.detach().float() for name, v in zip(names, values)}
         return loss, metrics, post
 
 
@@ -352,7 +352,8 @@ class TeacherWorldModel(_Base):
         ids = TaskBlocks(tasks, b)  # view-major: sample v*B + i is sequence i under view tasks[v]
         low = (torch.autocast(action.device.type, dtype=torch.bfloat16) if encoder_bf16
                else contextlib.nullcontext())
-        with self.autocast():
+        # Not under the teacher's own autocast (`precision: 16` at pretraining): only `encoder_bf16` decides.
+        with float32(action.device):
             if self.encoder_mode == "moe":
                 with low:
                     feats = self.encoder.expert_features(data)  # (B, T, N, E), once for all views
@@ -381,8 +382,9 @@ class TeacherWorldModel(_Base):
         """Per-task world-model losses, already weighted by each task's share of the batch, so
         that their sum is the batch loss (what gradient surgery needs).
 
-        Returns (weighted losses (K,), metrics, posterior (B, T, ...)). Tasks absent from the batch
-        contribute 0. Free nats apply to each task's mean KL.
+        Returns (weighted losses (K,), metrics (0-d tensors; per-task ones NaN for tasks absent from the
+        batch), posterior (B, T, ...)). Tasks absent from the batch contribute 0. Free nats apply to each
+        task's mean KL.
         """
         data = self.preprocess(data)
         c = self.config
@@ -396,7 +398,8 @@ class TeacherWorldModel(_Base):
             prior_kl, post_kl = self.dynamics.kl_parts(post, prior)  # (B, T) each
             terms = self._sample_terms(data, self.dynamics.get_feat(post), ids)
         k = self.n_tasks
-        count = torch.bincount(ids, minlength=k).float()  # (K,)
+        # index_add, not bincount: bincount reads the largest id back to size its output (a host sync).
+        count = torch.zeros(k, device=ids.device).index_add_(0, ids, torch.ones_like(ids, dtype=torch.float))  # (K,)
         per_task = lambda x: torch.zeros(k, device=x.device).index_add(0, ids, x.float().mean(1)) / count.clamp(min=1)
         prior_kl_k = per_task(prior_kl)  # (K,)
         kl_k = balanced_kl(prior_kl_k, per_task(post_kl), c["kl_balance"], c["kl_free"])  # (K,)
@@ -405,20 +408,17 @@ class TeacherWorldModel(_Base):
         share = count / b
         weighted = loss_k * share  # (K,); absent tasks have share 0
 
-        # One device sync for all metrics: global values first, then a (K, ...) table per task.
+        # Metrics stay on the device: global values, then one (K, ...) table whose rows of tasks absent from
+        # this batch are NaN (a metrics.Window leaves them out of the means: a task's figures average over
+        # the batches that held it).
         names = ["model_loss", "kl", "kl_value"] + list(terms)
         values = [weighted.sum(), (kl_k * share).sum(), prior_kl.mean()] + [v.mean() for v in terms.values()]
+        metrics = {name: v.detach().float() for name, v in zip(names, values)}
         table_names = ["loss", "kl", "kl_value"] + list(terms)
-        table = [loss_k, kl_k, prior_kl_k] + list(terms_k.values())  # each (K,)
-        flat = torch.cat([torch.stack(values).detach().float(), torch.stack(table, 1).detach().float().reshape(-1),
-                          count]).tolist()
-        metrics = dict(zip(names, flat[: len(names)]))
-        rows = flat[len(names): len(names) + k * len(table_names)]
-        counts = flat[-k:]
+        table = torch.stack([loss_k, kl_k, prior_kl_k] + list(terms_k.values()), 1).detach().float()  # (K, n)
+        table = torch.where(count.unsqueeze(1) > 0, table, float("nan"))
         for i, tag in enumerate(self.task_names):
-            if counts[i] > 0:  # tasks absent from this batch have no values
-                for j, name in enumerate(table_names):
-                    metrics[f"{name}/{tag}"] = rows[i * len(table_names) + j]
+            metrics.update({f"{name}/{tag}": value for name, value in zip(table_names, table[i].unbind())})
         return weighted, metrics, post
 
     def loss(self, data: dict, task=None) -> tuple[torch.Tensor, dict, dict]:
@@ -447,6 +447,14 @@ class TeacherWorldModel(_Base):
             raw = self.encoder.expert_features(data).float()
         out = self.encoder.orthogonalise(raw)
         return {"expert_cos": float(mean_abs_cosine(out)), "expert_cos_raw": float(mean_abs_cosine(raw))}
+
+
+def float32(device: torch.device):
+    """A block computed in float32 even inside an autocast region of `device`; outside one, nothing is entered
+    (an autocast context, even a disabled one, is part of what a compiled graph is traced under)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def compile_model(model: _Base) -> None:

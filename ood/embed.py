@@ -113,9 +113,9 @@ def embed_batch(teacher, batch: dict, mask: np.ndarray, views: Sequence[int]) ->
     b, t = mask.shape
     assert feats.dim() == 4 and feats.shape[:3] == (len(views), b, t), (
         f"task_features returned {tuple(feats.shape)}, expected ({len(views)}, {b}, {t}, F)")
-    m = torch.as_tensor(mask, device=feats.device, dtype=torch.float64)  # (B, T)
+    m = torch.from_numpy(np.ascontiguousarray(mask)).to(feats.device, torch.float64, non_blocking=True)  # (B, T)
     summed = torch.einsum("vbtf,bt->bvf", feats.double(), m)  # (B, V, F)
-    return (summed / m.sum(dim=1)[:, None, None]).cpu().numpy()
+    return (summed / m.sum(dim=1)[:, None, None]).cpu().numpy()  # the batch's one read of the device
 
 
 def embed_files(teacher, paths: Iterable[pathlib.Path], views: Sequence[int], obs_mode: str,

@@ -98,11 +98,13 @@ class Replay:
         _, starts = self._index()
         return len(starts) > 0 and starts[-1] > 0
 
-    def sample(self, batch: int | None = None, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    def sample(self, batch: int | None = None, rng: np.random.Generator | None = None,
+               out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """One batch of windows, (B, T, ...) per key, uniform over all valid window starts.
 
         `batch` (default: the configured B) and `rng` (default: the replay's own generator) let a caller
-        draw a few windows, e.g. for a video, without copying a full batch or moving the training stream."""
+        draw a few windows, e.g. for a video, without copying a full batch or moving the training stream.
+        `out`: arrays (B, T, ...) per key to assemble the batch in (e.g. page-locked memory), returned."""
         episodes, starts = self._index()
         total = int(starts[-1]) if len(starts) else 0
         if total == 0:
@@ -114,7 +116,12 @@ class Replay:
         which = np.searchsorted(starts, flat, side="right")  # (B,)
         offset = flat - np.concatenate([[0], starts])[which]  # (B,)
         keys = episodes[which[0]].keys()
-        return {key: np.stack([episodes[e][key][o:o + self.length] for e, o in zip(which, offset)]) for key in keys}
+        windows = lambda key: [episodes[e][key][o:o + self.length] for e, o in zip(which, offset)]
+        if out is None:
+            return {key: np.stack(windows(key)) for key in keys}
+        for key in keys:
+            np.stack(windows(key), out=out[key])
+        return out
 
     def dataset(self):
         """Endless iterator of batches."""

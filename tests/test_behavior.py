@@ -1,4 +1,6 @@
 """Behavior learning: lambda-returns, action bounds, imagination shapes and what each update touches."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -143,7 +145,7 @@ def test_behavior_update_changes_actor_and_critic_only(mode):
     critic_before = [p.clone() for p in behavior.critic.parameters()]
     post, _ = wm.observe(random_batch(config))
     metrics = behavior.train_step(wm, post, step=0)
-    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert all(math.isfinite(float(v)) for v in metrics.values()), metrics
     assert metrics["actor_grad_norm"] > 0  # the objective reaches the actor (through the dynamics or REINFORCE)
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, behavior.actor.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(critic_before, behavior.critic.parameters()))

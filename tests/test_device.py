@@ -137,3 +137,78 @@ def test_pixel_pipeline_collect_pretrain_distill_ood(device, tmp_path):
                                "--student_dir", str(student / "train_eps"), "--out", str(ood)]) == 0
     report = json.loads((ood / "ood_report.json").read_text())
     assert report and (ood / "ood_episodes.csv").is_file(), sorted(os.listdir(ood))
+
+
+def cuda_episodes(n: int, length: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ep = {"image": rng.integers(0, 256, (length, 64, 64, 3), dtype=np.uint8),
+              "action": rng.uniform(-1, 1, (length, A)).astype(np.float32),
+              "reward": rng.normal(size=length).astype(np.float32), "discount": np.ones(length, np.float32),
+              "success": np.zeros(length, np.float32), "is_first": np.arange(length) == 0,
+              "is_terminal": np.zeros(length, bool)}
+        out.append(ep)
+    return out
+
+
+def test_pinned_replay_batches_feed_cuda_updates_unchanged(cuda_device):
+    import replay
+    from replay.pinned import PinnedBatches
+
+    config = pixel_config(cuda_device)
+    episodes = cuda_episodes(3, 30)
+    plain, staged = (replay.Replay(episodes, config.batch_size, config.batch_length, seed=2) for _ in range(2))
+    batches = PinnedBatches(cuda_device)
+    agent, _ = distill_step.build(config, None, None, cuda_device, seed=0)
+    for i in range(4):  # two slots, each refilled twice
+        got, want = batches.sample(staged), plain.sample()
+        assert all(v.is_pinned() and np.array_equal(v.numpy(), want[k]) for k, v in got.items())
+        assert agent.train(got, i)["model_skipped"] == 0.0
+
+
+def pinned_source(device, config):
+    """Pinned replay batches of random pixel episodes, one per call."""
+    import replay
+    from replay.pinned import PinnedBatches
+
+    buffer = replay.Replay(cuda_episodes(2, 30), config.batch_size, config.batch_length, seed=0)
+    batches = PinnedBatches(device)
+    return lambda: batches.sample(buffer)
+
+
+@pytest.mark.parametrize("k", [None, 2], ids=["plain", "distill_k2"])
+def test_updates_do_not_synchronize_on_cuda(cuda_device, k):
+    """CUDA's own sync detector (`set_sync_debug_mode("error")`) over updates after the first (which fills
+    caches and optimizer states): any host wait on the GPU in an update raises."""
+    from models.metrics import Window
+
+    config = pixel_config(cuda_device)
+    agent, _ = distill_step.build(config, k, None, cuda_device, seed=0)
+    batches = pinned_source(cuda_device, config)
+    window = Window()
+    window.add(agent.train(batches(), 0))
+    torch.cuda.synchronize(cuda_device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, 3):
+            window.add(agent.train(batches(), i))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    means, _ = window.read()
+    assert means["model_skipped"] == 0.0 and math.isfinite(means["model_loss"]), means
+
+
+def test_teacher_update_does_not_synchronize_on_cuda(cuda_device):
+    from bench.host_syncs import teacher_stage
+
+    update, log = teacher_stage(cuda_device)
+    update()
+    torch.cuda.synchronize(cuda_device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        update()
+        update()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    log()

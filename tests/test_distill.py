@@ -146,6 +146,38 @@ def test_cost_knobs_bf16_teacher_and_distill_batch():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.encoders.parameters())
 
 
+def test_a_teacher_pretrained_in_bf16_filters_and_gates_in_float32_when_read(monkeypatch):
+    """A teacher pretrained with `precision: 16` autocasts itself to bf16 where the device has native bf16. Read
+    by a distiller or by OOD scoring, only its encoder may run in bf16 (`teacher_precision`); the gates and the
+    RSSM filtering stay float32. Native bf16 is assumed here (this CPU may lack it) so that autocast is live."""
+    from ood import embed
+
+    monkeypatch.setattr(tools, "native_bf16", lambda device: True)
+    config, teacher = make_teacher(2, obs="pixel", precision=16)
+    seen = {}
+    record = lambda name: lambda module, args, out: seen.setdefault(name, set()).add(out.dtype)
+    teacher.dynamics.cell.linear.register_forward_hook(record("rssm"))
+    teacher.dynamics.post_head.register_forward_hook(record("posterior"))
+    gate = teacher.encoder.gate
+    monkeypatch.setattr(teacher.encoder, "gate", lambda f, k: seen.setdefault("gate", set()).add(f.dtype) or gate(f, k))
+    teacher.encoder.conv.register_forward_hook(record("experts"))
+    data = teacher.preprocess(make_batch(obs="pixel"))
+    with torch.no_grad():
+        teacher.observe({**data, "task": torch.zeros(B, dtype=torch.long)})
+    assert seen.pop("rssm") == {torch.bfloat16}, "the check must see a bf16 filter: autocast is live here"
+    seen.clear()
+    for precision, experts in (("32", torch.float32), ("16", torch.bfloat16)):
+        d = build_method(make_config("--teacher_precision", precision, obs="pixel"), teacher, 24, verbose=False)
+        d.teacher_features(data)
+        assert seen == {"rssm": {torch.float32}, "posterior": {torch.float32}, "gate": {torch.float32},
+                        "experts": {experts}}, (precision, seen)
+        seen.clear()
+    mask = np.ones((B, T), bool)
+    embed.embed_batch(teacher, make_batch(obs="pixel"), mask, [0, 1])
+    assert seen == {"rssm": {torch.float32}, "posterior": {torch.float32}, "gate": {torch.float32},
+                    "experts": {torch.float32}}, seen
+
+
 def test_teacher_precision_auto_follows_native_bf16_support():
     native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     cpu = torch.device("cpu")

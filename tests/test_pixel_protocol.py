@@ -35,7 +35,7 @@ def test_block_builds_a_student_that_updates():
              "is_first": np.zeros((b, t), bool), "is_terminal": np.zeros((b, t), bool)}
     batch["is_first"][:, 0] = True
     metrics = agent.train(batch, 0)
-    assert np.isfinite(metrics["model_loss"]), metrics
+    assert torch.isfinite(metrics["model_loss"]), metrics
 
 
 def test_pixel_spec_compares_methods_on_a_target_the_teachers_never_saw():

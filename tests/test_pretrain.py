@@ -154,7 +154,7 @@ def test_pcgrad_projection():
     grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.0, 1.0]])
     combined, conflicts = pcgrad(grads, torch.Generator().manual_seed(0))
     # Task 0 conflicts with task 1 (and vice versa); both get projected onto each other's normal plane.
-    assert conflicts == pytest.approx(2 / 6)
+    assert float(conflicts) == pytest.approx(2 / 6)
     torch.testing.assert_close(combined, torch.tensor([0.5, 0.5]) + torch.tensor([0.0, 1.0]) + grads[2])
     cos = cosine_matrix(grads)
     assert cos.shape == (3, 3) and torch.allclose(cos.diagonal(), torch.ones(3))

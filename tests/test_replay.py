@@ -129,6 +129,29 @@ def test_same_seed_same_batches():
     assert not np.array_equal(sa["state"], sc["state"])
 
 
+def test_a_batch_assembled_in_given_arrays_is_the_same_batch():
+    episodes = [make_episode(30, "both", seed=i) for i in range(3)]
+    plain, into = (replay.Replay(episodes, batch=5, length=7, seed=3) for _ in range(2))
+    buffers = {k: np.empty((5, 7, *v.shape[1:]), v.dtype) for k, v in episodes[0].items()}
+    for _ in range(3):
+        want, got = plain.sample(), into.sample(out=buffers)
+        assert set(got) == set(want) and all(got[k] is buffers[k] for k in got)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_pinned_batches_off_cuda_are_the_replays_own():
+    from replay.pinned import PinnedBatches
+
+    episodes = [make_episode(30, seed=i) for i in range(2)]
+    plain, staged = (replay.Replay(episodes, batch=4, length=5, seed=1) for _ in range(2))
+    batches = PinnedBatches("cpu")
+    assert not batches.pinned  # page-locked memory only pays for a copy to a GPU
+    for _ in range(3):
+        want, got = plain.sample(), batches.sample(staged)
+        assert all(isinstance(v, np.ndarray) and np.array_equal(v, want[k]) for k, v in got.items())
+
+
 def test_rng_state_restores_the_sequence():
     episodes = [make_episode(40, seed=s) for s in range(3)]
     a = replay.Replay(episodes, batch=4, length=8, seed=3)

@@ -99,6 +99,31 @@ def test_missing_logdir_is_an_error(capsys):
     assert "--logdir" in capsys.readouterr().err
 
 
+def test_checkpointed_rng_state_carries_the_cuda_generators(monkeypatch, tmp_path):
+    """With CUDA in use the CUDA generators' states are saved and restored (on as many GPUs as this machine has);
+    without CUDA, nothing is saved for them and a checkpoint that has them still loads. The CUDA calls are
+    stand-ins here (no GPU): what is checked is that the checkpoint logic reaches them."""
+    from training.run_state import rng_state, set_rng_state
+
+    assert "cuda" not in rng_state({})  # no CUDA on this machine
+    gpus = {0: torch.tensor([1, 2], dtype=torch.uint8), 1: torch.tensor([3, 4], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [gpus[0].clone(), gpus[1].clone()])
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    state = rng_state({})
+    assert [s.tolist() for s in state["cuda"]] == [[1, 2], [3, 4]]
+    payload = tools.load_checkpoint(tools.save_checkpoint(tmp_path / "rng.pt", {"rng": state}))
+    set_rng_state(payload["rng"], {})
+    assert [s.tolist() for s in restored] == [[1, 2]]  # one GPU here: the first state
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    restored.clear()
+    set_rng_state(payload["rng"], {})  # a CPU-only machine resumes the CUDA run's checkpoint
+    assert restored == []
+
+
 def stop_training_at(monkeypatch, step: int, error: BaseException):
     """Make the loop raise `error` once it reaches env step `step`; returns the undo for the next run."""
     original = Trainer.train_due
@@ -191,7 +216,7 @@ def test_train_world_model_updates_the_world_model_only():
     wm_before = [p.detach().clone() for p in agent.wm.parameters()]
     behavior_before = [p.detach().clone() for p in agent.behavior.parameters()]
     data, post, metrics = agent.train_world_model(batch, 0)
-    assert metrics["model_skipped"] == 0.0 and np.isfinite(metrics["model_loss"])
+    assert metrics["model_skipped"] == 0.0 and torch.isfinite(metrics["model_loss"])
     assert sum(not torch.equal(a, p) for a, p in zip(wm_before, agent.wm.parameters())) > len(wm_before) // 2
     assert all(torch.equal(a, p) for a, p in zip(behavior_before, agent.behavior.parameters()))
     b, t = config["batch_size"], config["batch_length"]
@@ -205,12 +230,22 @@ def test_non_finite_world_model_loss_is_skipped_then_raises():
     batch = tiny_batch(config)
     batch["reward"][0, 3] = np.nan
     before = {k: v.clone() for k, v in agent.wm.state_dict().items()}
+    behavior = {k: v.clone() for k, v in agent.behavior.state_dict().items() if k != "updates"}
     metrics = agent.train(batch, 0)
     assert metrics["model_skipped"] == 1.0
+    # Skipped on the device: weights, Adam moments and step counts all as before, the behavior's too.
     assert all(torch.equal(v, before[k]) for k, v in agent.wm.state_dict().items())
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        for step in range(MAX_NONFINITE):
-            agent.train(batch, step)
+    assert all(torch.equal(v, behavior[k]) for k, v in agent.behavior.state_dict().items() if k != "updates")
+    assert all(float(s["step"]) == 0 for s in agent.wm_opt.state.values())
+    agent.check_finite()  # one skip is survivable
+    for step in range(MAX_NONFINITE - 2):
+        agent.train(batch, step)
+    agent.check_finite()  # MAX_NONFINITE - 1 in a row
+    agent.train(tiny_batch(config, 1), 0)  # a finite update ends the run of skips
+    for step in range(MAX_NONFINITE):
+        agent.train(batch, step)
+    with pytest.raises(FloatingPointError, match=f"non-finite for {MAX_NONFINITE} updates in a row"):
+        agent.check_finite({"nonfinite_run": agent.health()["nonfinite_run"]})
 
 
 def test_agent_state_dict_round_trip_includes_optimizers(tmp_path):

@@ -9,6 +9,7 @@ from torch import nn
 import configs
 from methods.base import MethodError
 from models.behavior import Behavior
+from models.metrics import read
 from tools import UsageError
 from training.sources import TaskBatcher, load_sources, model_keys
 
@@ -30,7 +31,7 @@ def source_batches(method, config):
 def warmup(method, agent, batches, log=print) -> dict:
     """Run the remaining warm-up updates on source batches (`batches.sample(i)` -> numpy (B, T, ...) with
     'task' (B,)): world model, actor (ascend Q_T) and critic (regress Q_T) of `agent`. Returns the last
-    update's metrics."""
+    update's metrics as floats (the only read from the device)."""
     wm, beh, c = agent.wm, agent.behavior, agent.config
     metrics: dict = {}
     start = int(method.warmed)
@@ -47,8 +48,8 @@ def warmup(method, agent, batches, log=print) -> dict:
         critic_loss, _ = method.value_regression(data, feat, beh.critic, 0, data["task"], coef=1.0)
         Behavior.optimizer_step(beh.critic_opt, beh.critic, critic_loss, c["critic_grad_clip"])
         method.warmed.fill_(i + 1)
-        metrics = {**metrics, "warmup/actor_loss": float(actor_loss.detach()),
-                   "warmup/critic_loss": float(critic_loss.detach())}
+        metrics = {**metrics, "warmup/actor_loss": actor_loss.detach(), "warmup/critic_loss": critic_loss.detach()}
+    metrics = read(metrics)
     with torch.no_grad():  # the online phase starts from the warmed critic
         for slow, fast in zip(beh.slow_critic.parameters(), beh.critic.parameters()):
             slow.copy_(fast)

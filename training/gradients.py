@@ -24,22 +24,23 @@ def per_task_gradients(model, weighted: torch.Tensor, tasks: list[int]):
     return torch.stack(rows), shared, specific, specific_sum
 
 
-def pcgrad(grads: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+def pcgrad(grads: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """PCGrad (Yu et al. 2020) on G (P, G): each task's gradient is projected off every other task's
-    gradient it conflicts with (negative dot product), visiting the others in random order; the
-    projected gradients are summed. Returns (combined gradient (G,), fraction of conflicting pairs)."""
+    gradient it conflicts with (negative dot product), visiting the others in random order (`generator`,
+    a CPU generator); the projected gradients are summed. Returns (combined gradient (G,), fraction of
+    conflicting pairs, 0-d). Decided on the device: the projection of a pair that does not conflict is
+    a subtraction of zero, not a branch on the host."""
     p = grads.shape[0]
     norms_sq = (grads * grads).sum(1).clamp_min(1e-20)  # (P,)
     out = grads.clone()
-    conflicts = 0
+    conflicts = grads.new_zeros(())
     for i in range(p):
         for j in torch.randperm(p, generator=generator).tolist():
             if j == i:
                 continue
             dot = out[i] @ grads[j]
-            if dot < 0:
-                out[i] -= dot / norms_sq[j] * grads[j]
-                conflicts += 1
+            out[i] -= dot.clamp(max=0.0) / norms_sq[j] * grads[j]
+            conflicts = conflicts + (dot < 0).float()
     return out.sum(0), conflicts / max(p * (p - 1), 1)
 
 

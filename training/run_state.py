@@ -182,17 +182,22 @@ def set_aside_later_episodes(folder: pathlib.Path, keep: int) -> None:
 # --- random streams ---------------------------------------------------------------------------------------
 
 def rng_state(streams: dict) -> dict:
-    """Python, NumPy and torch global RNG states plus each named stream's, in checkpoint-safe types.
+    """Python, NumPy and torch global RNG states (the CUDA generators' too once CUDA is in use: sampling on a
+    GPU draws from them) plus each named stream's, in checkpoint-safe types.
 
     A stream is a numpy Generator, a torch Generator or an object with `rng_state()` / `set_rng_state()`."""
     import torch
 
-    return {"python": random.getstate(), "numpy": tools.to_builtin(np.random.get_state()),
-            "torch": torch.get_rng_state(), "streams": {name: _get(s) for name, s in streams.items()}}
+    state = {"python": random.getstate(), "numpy": tools.to_builtin(np.random.get_state()),
+             "torch": torch.get_rng_state(), "streams": {name: _get(s) for name, s in streams.items()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]  # one per visible GPU
+    return state
 
 
 def set_rng_state(state: dict, streams: dict) -> None:
-    """Restore what `rng_state` captured, into the same named streams."""
+    """Restore what `rng_state` captured, into the same named streams. CUDA states are restored on as many
+    GPUs as both the checkpoint and this machine have; on a machine without CUDA they are ignored."""
     import torch
 
     version, internal, gauss = state["python"]
@@ -201,6 +206,9 @@ def set_rng_state(state: dict, streams: dict) -> None:
     np.random.set_state((name, np.asarray(keys.numpy() if hasattr(keys, "numpy") else keys, np.uint32),
                          int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda[:torch.cuda.device_count()]])
     for name, stream in streams.items():
         _set(stream, state["streams"][name])
 

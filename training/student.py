@@ -9,7 +9,6 @@ Legend: n envs, A action size.
 """
 from __future__ import annotations
 
-import math
 import pathlib
 import time
 
@@ -138,7 +137,9 @@ class Trainer:
     def _open(self) -> None:
         """Lock the logdir, restore the checkpoint (if any) with its replay, then open the logger and envs."""
         import envs
+        from models.metrics import Window
         from replay import episode_files
+        from replay.pinned import PinnedBatches
 
         c, run_dir = self.config, self.run_dir
         payload = run_dir.open(self.device)
@@ -170,8 +171,9 @@ class Trainer:
         self.train_envs = envs.VecEnv(c, c.task, c.envs, seed=c.seed + 7919 * self.episodes)
         eval_env = {**envs.env_settings(c), "obs": "both"} if self.eval_keys != self.obs_keys else c
         self.eval_envs = envs.VecEnv(eval_env, c.task, c.eval_envs, seed=c.seed + 100_000 + 7919 * self.episodes)
-        self._train_metrics: dict[str, list] = {}
+        self._train_metrics = Window()  # the updates' metrics stay on the device until a log reads them
         self._episode_stats: list[dict] = []
+        self._batches = PinnedBatches(self.device)  # replay batches in page-locked memory on CUDA
 
     def _load_replay(self, resumed: bool):
         """The replay rebuilt from train_eps/ (after the rollback: exactly the checkpoint's episodes)."""
@@ -225,9 +227,7 @@ class Trainer:
             return
         shown = time.time()
         while self.agent.updates < target:
-            metrics = self.agent.train(self.replay.sample(), self.step)
-            for k, v in metrics.items():
-                self._train_metrics.setdefault(k, []).append(v)
+            self._train_metrics.add(self.agent.train(self._batches.sample(self.replay), self.step))
             if self.bar is not None and time.time() - shown > 1.0:
                 shown = time.time()
                 self.bar.set_postfix(updates=f"{self.agent.updates}/{target}", eval_success=f"{self.last_success:.2f}")
@@ -245,20 +245,23 @@ class Trainer:
             self._episode_stats.append(episode_stats(episode))
 
     def log(self) -> None:
+        """Write the metrics since the last log: one read of the device for all updates' metrics and the
+        divergence check (`Agent.check_finite`)."""
         lg = self.logger
-        for k, values in self._train_metrics.items():
-            values = [float(v) for v in values]  # tensor metrics (the gradient share) are read here
-            finite = [v for v in values if math.isfinite(v)]
-            lg.scalar(f"train/{k}", np.mean(finite) if finite else float("nan"))
-        if "model_skipped" in self._train_metrics:
-            lg.scalar("train/model_skipped", float(np.sum(self._train_metrics["model_skipped"])))
+        health = self.agent.health()
+        means, counts = self._train_metrics.read(extra=health)
+        self.agent.check_finite({k: means.pop(k) for k in health})
+        for k, value in means.items():
+            lg.scalar(f"train/{k}", value)  # the mean over the finite values (NaN when none was)
+        if "model_skipped" in means:
+            lg.scalar("train/model_skipped", means["model_skipped"] * counts["model_skipped"])
         for k in STAT_KEYS:
             if self._episode_stats:
                 lg.scalar(f"train/{k}", np.mean([s[k] for s in self._episode_stats]))
         lg.scalars({"train/updates": self.agent.updates, "train/episodes": self.episodes,
                     "replay/steps": self.replay.num_steps, "perf/fps": lg.fps(self.step)})
         lg.write(self.step)
-        self._train_metrics, self._episode_stats = {}, []
+        self._episode_stats = []
 
     def run_eval(self) -> None:
         from replay import save_episode

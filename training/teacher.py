@@ -5,7 +5,6 @@ Legend: B batch, T sequence length, K source tasks, N experts, P tasks present i
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
@@ -15,6 +14,8 @@ import torch
 
 import configs
 import tools
+from models.metrics import Window
+from models.optim import adam, step_if
 from tools import Logger, UsageError, label_rows, wandb_settings
 
 from .gradients import assign, cosine_matrix, pcgrad, per_task_gradients
@@ -51,10 +52,10 @@ class TeacherTrainer:
         self.batcher = TaskBatcher(sources, c.batch_size, c.batch_length, c.seed, c.task_batching, keys)
         self.diag = TaskBatcher(sources, c.batch_size, c.batch_length, c.seed + 1, "mixed", keys)
         self.model = TeacherWorldModel(c, self.act_dim, obs_shapes).to(self.device)
-        opt_cls = torch.optim.AdamW if c.weight_decay > 0 else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=c.model_lr, eps=c.model_eps, weight_decay=c.weight_decay)
+        self.optimizer = make_optimizer(self.model, c)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step, self.logger = 0, None
+        self.first_bad = None  # 1 + the first update with a non-finite loss or gradient (0: none), on the device
         self.behaviour = None  # behaviour teachers, fitted after the world model
         try:
             self._open()
@@ -111,16 +112,15 @@ class TeacherTrainer:
     # --- one update -----------------------------------------------------------------------------------
 
     def update(self) -> dict:
-        """One optimizer step on the batch of update `self.step`; returns its metrics (floats)."""
+        """One optimizer step on the batch of update `self.step`; returns its metrics (0-d device tensors,
+        nothing read back). A non-finite loss or gradient norm skips the step on the device; the next log
+        (`check_finite`) raises."""
         c, model = self.config, self.model
-        data = model.preprocess(self.batcher.sample(self.step))
+        batch = self.batcher.sample(self.step)
+        present = sorted(set(np.asarray(batch["task"]).tolist()))  # the host's own ids: no device read
+        data = model.preprocess(batch)
         weighted, metrics, _ = model.task_losses(data)
-        if not math.isfinite(metrics["model_loss"]):
-            raise FloatingPointError(f"non-finite teacher loss at update {self.step}: "
-                                     f"{ {k: v for k, v in metrics.items() if '/' not in k} }; "
-                                     f"lower --model_lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
-        present = sorted(set(data["task"].tolist()))
         if c.grad_surgery == "pcgrad" and len(present) > 1:
             grads, shared, specific, specific_sum = per_task_gradients(model, weighted, present)
             combined, conflict = pcgrad(grads, self.generator)
@@ -129,14 +129,23 @@ class TeacherTrainer:
             metrics["pcgrad_conflicts"] = conflict
         else:
             weighted.sum().backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), c.model_grad_clip))
-        if not math.isfinite(grad_norm):
-            raise FloatingPointError(f"non-finite gradient norm at update {self.step} "
-                                     f"(loss {metrics['model_loss']:.4g}); lower --model_lr or check the data")
-        self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.model_grad_clip)
+        ok = torch.isfinite(metrics["model_loss"]) & torch.isfinite(grad_norm)
+        if self.first_bad is None:
+            self.first_bad = torch.zeros((), dtype=torch.long, device=ok.device)
+        self.first_bad = torch.where(~ok & (self.first_bad == 0), self.step + 1, self.first_bad)
+        step_if(self.optimizer, ok)
         self.step += 1
         metrics["grad_norm"] = grad_norm
         return metrics
+
+    def check_finite(self, first_bad: float) -> None:
+        """Raise FloatingPointError for a non-finite update (`first_bad`, as read from `self.first_bad`, is that
+        update + 1; 0 while every update was finite)."""
+        if first_bad > 0:
+            raise FloatingPointError(f"non-finite teacher loss or gradient norm at update {int(first_bad) - 1} (its "
+                                     f"optimizer step and any later such one were skipped; found at update "
+                                     f"{self.step}); lower --model_lr or check the data")
 
     # --- loop -----------------------------------------------------------------------------------------
 
@@ -164,26 +173,36 @@ class TeacherTrainer:
 
     def _loop(self, total: int, bar) -> None:
         c = self.config
-        window = MetricWindow()
-        last_time, last_step = time.time(), self.step
+        window = Window()  # the updates' metrics stay on the device until a log reads them
+        last_time, last_step, loss = time.time(), self.step, float("nan")
         self.logger.fps(self.step)
         while self.step < total:
-            metrics = self.update()
-            window.add(metrics)
+            window.add(self.update())
             bar.update(1)
             now = time.time()
             if now - last_time > 2.0 or self.step == total:
                 rate = (self.step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, self.step
-                bar.set_postfix(loss=f"{metrics['model_loss']:.2f}", ups=f"{rate:.2f}")
+                bar.set_postfix(loss=f"{loss:.2f}", ups=f"{rate:.2f}")  # the loss of the last log
             if self.step % c.log_every == 0 or self.step == total:
-                window.write(self.logger, "train/")
+                loss = self.write_metrics(window)
                 self.logger.scalar("train/updates_per_sec", self.logger.fps(self.step))
                 log_diagnostics(self.model, self.diag, self.step, c, self.logger)
                 self.logger.write(self.step)
                 self.logger.fps(self.step)  # the diagnostics' own time is not counted
             if self.step % c.checkpoint_every == 0 and self.step < total:
                 self.save(CHECKPOINT)
+
+    def write_metrics(self, window: Window) -> float:
+        """Log the window's means under `train/` (one read of the device, which also checks that every update
+        was finite); a per-task metric averages over the updates whose batch held that task. Returns the
+        mean loss."""
+        means, counts = window.read(extra={"first_bad": self.first_bad} if self.first_bad is not None else None)
+        self.check_finite(means.pop("first_bad", 0))
+        for name, value in means.items():
+            if counts[name]:
+                self.logger.scalar("train/" + name, value)
+        return means.get("model_loss", float("nan"))
 
     def fit_behaviour(self) -> None:
         """Behaviour teachers read the raw state, not the world model: fitted once it is done (cheap, seeded)."""
@@ -201,23 +220,10 @@ class TeacherTrainer:
             self.run_dir.close()
 
 
-class MetricWindow:
-    """Means of metrics over the updates since the last write; a per-task metric averages over the updates
-    whose batch held that task (it is absent from the others)."""
-
-    def __init__(self):
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, metrics: dict) -> None:
-        for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def write(self, logger: Logger, prefix: str) -> None:
-        for name, value in self.sums.items():
-            logger.scalar(prefix + name, value / self.counts[name])
-        self.sums, self.counts = {}, {}
+def make_optimizer(model, config) -> torch.optim.Optimizer:
+    """The teacher's optimizer: Adam, AdamW with a positive `weight_decay`; fused where the device allows."""
+    return adam(model.parameters(), config.model_lr, config.model_eps, config.weight_decay,
+                decoupled=config.weight_decay > 0)
 
 
 # --- diagnostics --------------------------------------------------------------------------------------
