@@ -66,30 +66,40 @@ def threads(num_cpus: float) -> str:
     return str(max(1, int(num_cpus)))
 
 
+def num_gpus(spec: Spec, kind: str, *flags: dict) -> float:
+    """The GPU share of a job of `kind` (teacher | student | ood) whose stage flags are `flags` merged: the spec's
+    `num_gpus`, or with `auto` 1/N of a GPU for a job on CUDA (N by memory, sweeps/gpu_share.py), none on a CPU."""
+    from sweeps import gpu_share
+
+    value = spec.resources["num_gpus"]
+    if value != "auto":
+        return value
+    device = {k: v for f in (spec.flags, *flags) for k, v in f.items()}.get("device", "cpu")
+    return gpu_share.fraction(kind) if str(device).startswith("cuda") else 0
+
+
 def build(spec: Spec, python: str = sys.executable) -> list[Job]:
     """All jobs of the sweep, each after the jobs it needs."""
-    root, res = spec.root, spec.resources
-    cpus, gpus = res["num_cpus"], res["num_gpus"]
+    root, cpus = spec.root, spec.resources["num_cpus"]
     jobs: list[Job] = []
 
-    def add(name: str, script: str, args: list[str], deps: list[str], **kw) -> Job:
+    def add(name: str, script: str, args: list[str], deps: list[str], gpus: float = 0, **kw) -> Job:
         job = Job(name, [python, script, *args], root / name, deps, cpus, gpus, **kw)
         jobs.append(job)
         return job
 
     data_dirs = [str(root / "data" / short_name(t)) for t in spec.source_tasks]
     if spec.source_tasks:
-        # Data collection runs the scripted experts on the CPU only.
-        collect = add("data", "collect_data.py", ["--tasks", ",".join(spec.source_tasks), "--out", str(root / "data"),
-                                                  "--workers", threads(cpus), *as_args(spec.collect_flags)], [])
-        collect.num_gpus = 0
+        # Data collection runs the scripted experts on the CPU only (as the report does: no GPU share).
+        add("data", "collect_data.py", ["--tasks", ",".join(spec.source_tasks), "--out", str(root / "data"),
+                                        "--workers", threads(cpus), *as_args(spec.collect_flags)], [])
     sources = ["--source_tasks", ",".join(spec.source_tasks), "--source_task_dirs", ",".join(data_dirs)]
     common = {script: as_args(for_stage(script, {**spec.flags, "threads": threads(cpus)}))
               for script in ("dreamer_pretrain.py", "dreamer_distill.py", "ood_detection.py")}
     for name, flags in spec.teachers.items():
         add(f"teachers/{name}", "dreamer_pretrain.py",
             [*common["dreamer_pretrain.py"], *sources, *as_args(flags), "--logdir", str(root / "teachers" / name)],
-            ["data"])
+            ["data"], num_gpus(spec, "teacher", flags))
     students, distill, ood_args = [], common["dreamer_distill.py"], common["ood_detection.py"]
     # Seed-major order: a sweep stopped early holds whole seeds (every target x method), not whole methods.
     for index, seed in enumerate(spec.seeds):
@@ -102,14 +112,13 @@ def build(spec: Spec, python: str = sys.executable) -> list[Job]:
                 students.append(add(name, "dreamer_distill.py",
                                     [*distill, *sources, *as_args(spec.student_flags), *as_args(method.flags),
                                      *teacher, "--task", target, "--seed", str(seed), "--logdir", str(root / name)],
-                                    deps))
+                                    deps, num_gpus(spec, "student", spec.student_flags, method.flags)))
                 if spec.ood and method.teacher is not None:
                     ood = f"ood/{short_name(target)}/{method.name}/seed{seed}"
                     add(ood, "ood_detection.py",
                         [*ood_args, *sources, *teacher, "--ood_threads", threads(cpus),
-                         "--source_dir", ",".join(data_dirs), "--student_dir", str(root / name / "train_eps"), "--out", str(root / ood)], [name])
-    report = add("report", "results.py", [str(root / "students"), "--out", str(root / "report"),
-                                          *as_args(spec.report_flags)], [s.name for s in students],
-                 after_settled=True)
-    report.num_gpus = 0
+                         "--source_dir", ",".join(data_dirs), "--student_dir", str(root / name / "train_eps"), "--out", str(root / ood)],
+                        [name], num_gpus(spec, "ood"))
+    add("report", "results.py", [str(root / "students"), "--out", str(root / "report"), *as_args(spec.report_flags)],
+        [s.name for s in students], after_settled=True)
     return jobs

@@ -62,8 +62,6 @@ def build_spec(args) -> dict:
     spec = merge(YAML(typ="safe", pure=True).load(SPEC.read_text()), SCALES[args.scale])
     changes = {"root": str((ROOT / args.root).resolve()), "resources": {"num_cpus": args.threads},
                "flags": {"device": args.device}, "students": {"seeds": seeds_from(args.seeds)}}
-    if args.device != "cpu":  # two training jobs share each GPU; collection and the report ask for none
-        changes["resources"]["num_gpus"] = 0.5
     if args.steps is not None:
         changes["students"]["flags"] = student_steps(args.steps, spec["students"]["flags"])
     return merge(spec, changes)
@@ -90,7 +88,8 @@ def run(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per job = CPUs each job holds (1: two jobs side by side on 2 cores)")
     parser.add_argument("--num_cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (two training jobs per GPU)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda (training jobs packed per GPU by memory: sweeps/gpu_share.py)")
     parser.add_argument("--dry_run", action="store_true", help="print every job's command line and exit")
     args = parser.parse_args(argv)
     if args.threads < 1:

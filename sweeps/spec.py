@@ -38,7 +38,7 @@ class Method:
 class Spec:
     path: pathlib.Path
     root: pathlib.Path
-    resources: dict            # default num_cpus / num_gpus of every job
+    resources: dict            # num_cpus / num_gpus of every job (num_gpus "auto": sweeps.gpu_share)
     flags: dict                # flags of every training stage (pretrain, distill, OOD)
     source_tasks: list[str]
     collect_flags: dict
@@ -79,8 +79,12 @@ def _resources(block: dict, where: str, path: pathlib.Path, base: dict) -> dict:
     out = dict(base)
     for key, value in _mapping(block, where, path).items():
         _check_keys({key: 0}, RESOURCE_KEYS, where, path)
+        if key == "num_gpus" and value == "auto":  # a share by memory per job kind (sweeps/gpu_share.py)
+            out[key] = value
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise SpecError(f"{path}: '{where}.{key}' must be a number >= 0, got {value!r}")
+            raise SpecError(f"{path}: '{where}.{key}' must be a number >= 0{' or auto' if key == 'num_gpus' else ''}, "
+                            f"got {value!r}")
         out[key] = value
     return out
 
@@ -194,7 +198,7 @@ def load(path: str | pathlib.Path, repo_root: pathlib.Path) -> Spec:
     root = pathlib.Path(str(raw["root"]))
     spec = Spec(
         path=path, root=root if root.is_absolute() else (repo_root / root).resolve(),
-        resources=_resources(raw.get("resources"), "resources", path, {"num_cpus": 1, "num_gpus": 0}),
+        resources=_resources(raw.get("resources"), "resources", path, {"num_cpus": 1, "num_gpus": "auto"}),
         flags=_mapping(raw.get("flags"), "flags", path),
         source_tasks=_tasks(collect.get("tasks"), "collect.tasks", path) if collect else [],
         collect_flags=_mapping(collect.get("flags"), "collect.flags", path),

@@ -7,7 +7,7 @@ import pytest
 
 import configs
 from envs.tasks import TASKS
-from sweeps import jobs as job_graph, spec as spec_module
+from sweeps import gpu_share, jobs as job_graph, spec as spec_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPECS = ROOT / "sweeps" / "specs"
@@ -36,9 +36,12 @@ def test_paper_pixel_gpu_spec_builds_the_full_comparison(capsys):
         assert (config.device, config.precision, config.obs, config.compile) == ("cuda", 16, "pixel", True), name
         assert config.pretrain_iterations == 100_000 and config.n_experts == 6 and config.size == [64, 64], name
     assert stage_config(by_name["teachers/label_cnn"], capsys).teacher_encoder_mode == "label_cnn"
+    # num_gpus auto: each job's share of a GPU by its kind's memory (sweeps/gpu_share.py), here for an 80 GB GPU.
     for job in jobs:
-        if job.name.startswith(("students/", "ood/")):
-            assert job.num_gpus == 0.25 and job.num_cpus == 4, job.name
+        kind = {"teachers": "teacher", "students": "student", "ood": "ood"}.get(job.name.split("/")[0])
+        if kind is not None:
+            assert job.num_gpus == gpu_share.fraction(kind, gpu_share.DEFAULT_GPU_GIB) and job.num_cpus == 4, job.name
+    assert by_name["students/drawer_close/dreamer/seed0"].num_gpus <= 1 / 4, "a GPU serves several students"
     for job in (j for j in jobs if j.name.endswith("/seed0")):  # every target x method, one seed
         config = stage_config(job, capsys)
         assert (config.device, config.obs) == ("cuda", "pixel"), job.name
