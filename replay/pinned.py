@@ -18,6 +18,11 @@ import torch
 SLOTS = 2
 
 
+def pinned_empty(shape, dtype) -> torch.Tensor:
+    """An uninitialised page-locked CPU tensor."""
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
 class PinnedBatches:
     """Full (B, T) training batches of a replay, in pinned memory when `device` is CUDA."""
 
@@ -37,8 +42,8 @@ class PinnedBatches:
             self._events[self._last].record(torch.cuda.current_stream(self.device))
         if not self._slots:  # shapes and dtypes from the first batch
             first = replay.sample()
-            self._slots = [{k: torch.empty(v.shape, dtype=torch.from_numpy(v).dtype, pin_memory=True)
-                            for k, v in first.items()} for _ in range(SLOTS)]
+            self._slots = [{k: pinned_empty(v.shape, torch.from_numpy(v).dtype) for k, v in first.items()}
+                           for _ in range(SLOTS)]
             for k, v in first.items():
                 self._slots[0][k].numpy()[...] = v
             i = 0

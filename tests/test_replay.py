@@ -152,6 +152,39 @@ def test_pinned_batches_off_cuda_are_the_replays_own():
         assert all(isinstance(v, np.ndarray) and np.array_equal(v, want[k]) for k, v in got.items())
 
 
+def test_pinned_batches_rotate_two_slots_and_wait_only_for_the_update_that_read_a_slot(monkeypatch):
+    """The CUDA path with CUDA's pieces stood in for (no GPU here): page-locked allocation, events, stream."""
+    import torch
+
+    from replay import pinned
+
+    log = []
+
+    class Event:
+        def record(self, stream):
+            self.n = len([e for e in log if e[0] == "record"])
+            log.append(("record", self.n))
+
+        def synchronize(self):
+            log.append(("wait", self.n))
+
+    monkeypatch.setattr(pinned, "pinned_empty", lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    episodes = [make_episode(30, "both", seed=i) for i in range(2)]
+    plain, staged = (replay.Replay(episodes, batch=3, length=6, seed=5) for _ in range(2))
+    batches = pinned.PinnedBatches("cuda")
+    seen = []
+    for i in range(5):
+        got, want = batches.sample(staged), plain.sample()
+        assert all(torch.is_tensor(v) and np.array_equal(v.numpy(), want[k]) for k, v in got.items())
+        seen.append(got["state"].data_ptr())
+    assert seen[0] == seen[2] == seen[4] != seen[1] == seen[3]  # two slots, alternating
+    # Before batch i (i >= 1) the event of batch i-1's update is recorded; a slot is refilled only after
+    # waiting for the event recorded when its previous batch's update had been queued.
+    assert log == [("record", 0), ("record", 1), ("wait", 0), ("record", 2), ("wait", 1), ("record", 3), ("wait", 2)]
+
+
 def test_rng_state_restores_the_sequence():
     episodes = [make_episode(40, seed=s) for s in range(3)]
     a = replay.Replay(episodes, batch=4, length=8, seed=3)
