@@ -23,12 +23,15 @@ def pins() -> dict[str, str]:
 
 
 def test_every_package_and_root_module_is_installed():
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
-    nested = [str(p.relative_to(ROOT)) for p in ROOT.glob("*/*/**/__init__.py")]
+    # The project's own files only: a checkout's .venv (as CI's) holds thousands of other packages.
+    shipped = [p for p in ROOT.glob("**/*.py") if not any(part.startswith(".") or part in ("runs", "data")
+                                                           for part in p.relative_to(ROOT).parts[:-1])]
+    packages = {p.parent.name for p in shipped if p.name == "__init__.py" and len(p.relative_to(ROOT).parts) == 2}
+    nested = [str(p.relative_to(ROOT)) for p in shipped if p.name == "__init__.py" and len(p.relative_to(ROOT).parts) > 2]
     assert not nested, f"subpackages need their own entry in pyproject.toml's packages: {nested}"
     assert set(SETUPTOOLS["packages"]) == packages, (sorted(packages - set(SETUPTOOLS["packages"])),
                                                      sorted(set(SETUPTOOLS["packages"]) - packages))
-    modules = {p.stem for p in ROOT.glob("*.py")}
+    modules = {p.stem for p in shipped if len(p.relative_to(ROOT).parts) == 1}
     assert set(SETUPTOOLS["py-modules"]) == modules, (sorted(modules - set(SETUPTOOLS["py-modules"])),
                                                       sorted(set(SETUPTOOLS["py-modules"]) - modules))
 
