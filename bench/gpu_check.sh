@@ -4,7 +4,7 @@
 # Fetch both folders first, on a machine with network, with bench/fetch_wheels.sh (docs/gpu.md).
 # Extra arguments go to gpu_check.py.
 #
-#   OUT=/some/dir bash bench/gpu_check.sh [--budget_s 420] [--skip compile]
+#   OUT=/some/dir bash bench/gpu_check.sh [--budget_s 500] [--skip compile,graphs]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}

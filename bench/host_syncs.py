@@ -232,7 +232,8 @@ def build_teacher(device, *extra: str):
     config = student_config(device, *extra)
     torch.manual_seed(0)
     trainer = TeacherTrainer.__new__(TeacherTrainer)
-    trainer.config, trainer.device, trainer.step, trainer.first_bad = config, torch.device(device), 0, None
+    trainer.config, trainer.device, trainer.step = config, torch.device(device), 0
+    trainer.first_bad = trainer.graphs = None
     trainer.model = TeacherWorldModel(config, A).to(device)
     trainer.optimizer = make_optimizer(trainer.model, config)
     trainer.generator = torch.Generator().manual_seed(0)

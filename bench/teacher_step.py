@@ -27,6 +27,7 @@ import configs  # noqa: E402
 import tools  # noqa: E402
 from bench.common import emit, machine, random_teacher_batch  # noqa: E402
 from models import ConvEncoder, OrthogonalMoEEncoder, TeacherWorldModel, compile_model  # noqa: E402
+from models.optim import adam  # noqa: E402
 
 A = 4
 PAPER = dict(k=6, n=6, batch_size=50, batch_length=50, cnn_depth=32)
@@ -77,9 +78,13 @@ def cpu_median() -> float:
 
 
 def update_rate(spec: dict, device, warmup: int, reps: int, precision: int = 32, compile_: bool = False,
-                expert_path: str | None = None) -> dict:
+                expert_path: str | None = None, graphs: bool = False, profile=None) -> dict:
     """World-model updates/s (loss, backward, clip, Adam step) on one mixed-task batch. `expert_path`
-    forces the MoE experts' execution ("grouped" | "separate"; None: the per-device/batch choice)."""
+    forces the MoE experts' execution ("grouped" | "separate"; None: the per-device/batch choice); `graphs`
+    captures the update in a CUDA graph (models.graphs, after its warm-up); `profile(update) -> dict` adds
+    its figures (bench/device_speed.busy)."""
+    from models.graphs import capture_teacher
+
     torch.manual_seed(0)
     config = make_config(spec, precision)
     model = TeacherWorldModel(config, A).to(device)
@@ -87,21 +92,29 @@ def update_rate(spec: dict, device, warmup: int, reps: int, precision: int = 32,
         model.encoder.conv.path = expert_path
     if compile_:
         compile_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.model_lr, eps=config.model_eps)
+    optimizer = adam(model.parameters(), config.model_lr, config.model_eps)
     data = model.preprocess(make_batch(config.batch_size, config.batch_length, spec["k"], np.random.default_rng(0)))
 
-    def step():
-        loss, _, _ = model.loss(data)
+    def step(inputs: dict) -> dict:
+        loss, _, _ = model.loss(inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.model_grad_clip)
         optimizer.step()
+        return {"loss": loss.detach()}
 
-    seconds = timed(step, device, warmup, reps)
-    return {"updates_per_sec": 1.0 / seconds, "sec_per_update": seconds, "cpu_sec_per_update": cpu_median(),
-            "warmup": warmup, "timed": reps,
+    if graphs:
+        captured = capture_teacher(model, optimizer, step)
+        warmup = max(warmup, captured.warmup + 1)  # the capture itself is not timed
+        update = lambda: captured(data)  # noqa: E731
+    else:
+        update = lambda: step(data)  # noqa: E731
+    seconds = timed(update, device, warmup, reps)
+    cpu = cpu_median()
+    return {"updates_per_sec": 1.0 / seconds, "sec_per_update": seconds, "cpu_sec_per_update": cpu,
+            **(profile(update) if profile is not None else {}), "warmup": warmup, "timed": reps,
             "params": sum(p.numel() for p in model.parameters()),
-            "config": {**spec, "precision": precision, "compile": compile_},
+            "config": {**spec, "precision": precision, "compile": compile_, "cuda_graphs": graphs},
             "expert_path": model.encoder.conv.resolve_path(config.batch_size * config.batch_length, device)}
 
 

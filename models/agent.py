@@ -50,6 +50,7 @@ class Agent:
         # Skipped updates in a row and the longest such run since the last check (device tensors, made lazily).
         self._nonfinite = self._worst_run = None
         self._wm_ok = None  # whether the last world-model update was taken (device bool), gating the behavior
+        self.graphs = None  # models.graphs.StudentGraphs with --cuda_graphs True
         if distiller is not None:
             self.attach_distiller(distiller)
 
@@ -110,6 +111,12 @@ class Agent:
         update's optimizer steps, world model and behavior alike (metric `model_skipped` = 1), decided on the
         device; `check_finite` raises once MAX_NONFINITE updates in a row were skipped.
         """
+        if self.graphs is not None:  # --cuda_graphs True: replayed from a CUDA graph (models.graphs)
+            return self.graphs.train(batch, step)
+        return self.train_eager(batch, step)
+
+    def train_eager(self, batch: dict, step: int) -> dict:
+        """`train` as Python runs it (what `models.graphs` captures)."""
         data, post, metrics = self.train_world_model(batch, step)
         hooks = self.behavior_hooks(data, post, step)
         metrics.update(self.behavior.train_step(self.wm, post, step, ok=self._wm_ok, **hooks))
@@ -165,8 +172,9 @@ class Agent:
         if self._nonfinite is None:
             self._nonfinite = torch.zeros((), dtype=torch.long, device=ok.device)
             self._worst_run = torch.zeros((), dtype=torch.long, device=ok.device)
-        self._nonfinite = torch.where(ok, 0, self._nonfinite + 1)
-        self._worst_run = torch.maximum(self._worst_run, self._nonfinite)
+        # In place: a captured update replays into the tensors it was captured with.
+        self._nonfinite.copy_(torch.where(ok, 0, self._nonfinite + 1))
+        self._worst_run.copy_(torch.maximum(self._worst_run, self._nonfinite))
 
     def health(self) -> dict[str, torch.Tensor]:
         """The device value `check_finite` judges, for a loop to read along with its metrics (one copy)."""

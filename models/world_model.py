@@ -54,6 +54,7 @@ class _Base(nn.Module):
         missing = [k for k in self.obs_keys if k not in self.obs_shapes]
         assert not missing, f"obs '{config['obs']}' needs shapes for {missing}"
         self.precision = int(config.get("precision", 32))
+        self.autocast_cache = True  # False where the update is captured in a CUDA graph (models.graphs.prepare)
 
     # --- data ---------------------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class _Base(nn.Module):
         AMX); a no-op otherwise, where bf16 would be emulated (float32 then)."""
         device = self.device
         if self.precision == 16 and tools.native_bf16(device):
-            return torch.autocast(device.type, dtype=torch.bfloat16)
+            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=self.autocast_cache)
         return contextlib.nullcontext()
 
     # --- heads ----------------------------------------------------------------------------------
@@ -350,8 +351,8 @@ class TeacherWorldModel(_Base):
         action = data["action"]
         b, t = action.shape[:2]
         ids = TaskBlocks(tasks, b)  # view-major: sample v*B + i is sequence i under view tasks[v]
-        low = (torch.autocast(action.device.type, dtype=torch.bfloat16) if encoder_bf16
-               else contextlib.nullcontext())
+        low = (torch.autocast(action.device.type, dtype=torch.bfloat16, cache_enabled=self.autocast_cache)
+               if encoder_bf16 else contextlib.nullcontext())
         # Not under the teacher's own autocast (`precision: 16` at pretraining): only `encoder_bf16` decides.
         with float32(action.device):
             if self.encoder_mode == "moe":

@@ -22,8 +22,11 @@ TASKS = ["metaworld_reach", "metaworld_drawer_close"]
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """Two real Meta-World pixel datasets from the scripted experts (2 short episodes each)."""
-    out = tmp_path_factory.mktemp("data")
+    return collect_sources(tmp_path_factory.mktemp("data"))
+
+
+def collect_sources(out: pathlib.Path) -> list[pathlib.Path]:
+    """Two real Meta-World pixel datasets from the scripted experts (2 short episodes each) under `out`."""
     subprocess.run([sys.executable, str(ROOT / "collect_data.py"), "--tasks", ",".join(TASKS), "--episodes", "2",
                     "--obs", "pixel", "--out", str(out), "--configs", "defaults", "metaworld", "debug",
                     "--workers", "1", "--progress", "False"], check=True, cwd=ROOT, capture_output=True)

@@ -76,16 +76,29 @@ def build_distiller(config, agent, device):
 
 def build_agent(config, device):
     """The student Agent for `config`, with its distiller when `use_distill` (UsageError if it cannot be built),
-    compiled with `compile`."""
-    from models.agent import Agent, compile_agent
+    compiled and captured as `compile` / `cuda_graphs` say (`accelerate`)."""
+    from models.agent import Agent
     from models.world_model import obs_shapes_from
 
     agent = Agent(config, obs_shapes_from(config), ACTION_DIM, device)
     if config.use_distill:
         agent.attach_distiller(build_distiller(config, agent, device))
+    accelerate(agent, config)
+    return agent
+
+
+def accelerate(agent, config) -> None:
+    """The one place a student gets `--compile True` (`models.agent.compile_agent`: its world model and a
+    distiller's frozen teacher) and `--cuda_graphs True` (`models.graphs.capture_student`: every update replayed
+    from a CUDA graph; a UsageError names what it cannot capture)."""
+    from models.agent import compile_agent
+
     if config.compile:
         compile_agent(agent)
-    return agent
+    if config.get("cuda_graphs"):
+        from models.graphs import capture_student
+
+        capture_student(agent)
 
 
 def due(step: int, previous: int, every: int) -> bool:

@@ -32,6 +32,12 @@ def _check_flags(config) -> None:
         raise UsageError(f"grad_surgery must be none | pcgrad, got '{config.grad_surgery}'")
     if config.grad_surgery == "pcgrad" and config.task_batching != "mixed":
         raise UsageError("grad_surgery pcgrad needs batches that mix tasks: use --task_batching mixed")
+    if config.get("cuda_graphs"):
+        reasons = ([] if str(config.device).startswith("cuda") else [f"needs --device cuda (not {config.device})"]) + (
+            ["--grad_surgery pcgrad decides per batch on the host which tasks it holds"]
+            if config.grad_surgery == "pcgrad" else [])
+        if reasons:
+            raise UsageError("--cuda_graphs True: " + "; ".join(reasons) + " (or run with --cuda_graphs False)")
 
 
 class TeacherTrainer:
@@ -56,6 +62,8 @@ class TeacherTrainer:
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step, self.logger = 0, None
         self.first_bad = None  # 1 + the first update with a non-finite loss or gradient (0: none), on the device
+        self._step_t = None  # the number of updates made, on the device (for first_bad)
+        self.graphs = None  # models.graphs.CapturedUpdate of device_update with --cuda_graphs True
         self.behaviour = None  # behaviour teachers, fitted after the world model
         try:
             self._open()
@@ -77,6 +85,10 @@ class TeacherTrainer:
         configs.record_config(c, run_dir.path, step=self.step)
         if c.compile:
             compile_model(self.model)
+        if c.get("cuda_graphs"):
+            from models.graphs import capture_teacher
+
+            self.graphs = capture_teacher(self.model, self.optimizer, self.device_update)
         self.logger = run_dir.logger(wandb=wandb_settings(c))
         if self.model.encoder_mode == "moe":  # one chart per task of its gate weights (Custom Scalars)
             self.logger.layout({"gates": {f"gate weights of {task}": [f"gate/{re.escape(task)}/expert\\d+"]
@@ -115,10 +127,23 @@ class TeacherTrainer:
         """One optimizer step on the batch of update `self.step`; returns its metrics (0-d device tensors,
         nothing read back). A non-finite loss or gradient norm skips the step on the device; the next log
         (`check_finite`) raises."""
-        c, model = self.config, self.model
         batch = self.batcher.sample(self.step)
         present = sorted(set(np.asarray(batch["task"]).tolist()))  # the host's own ids: no device read
-        data = model.preprocess(batch)
+        data = self.model.preprocess(batch)
+        if self.first_bad is None:  # device counters, made before any capture and changed in place after
+            self.first_bad = torch.zeros((), dtype=torch.long, device=self.device)
+            self._step_t = torch.full((), self.step, dtype=torch.long, device=self.device)
+        if self.graphs is not None:  # --cuda_graphs True: replayed from a CUDA graph (models.graphs)
+            metrics = self.graphs(data)
+        else:
+            metrics = self.device_update(data, present)
+        self.step += 1
+        return metrics
+
+    def device_update(self, data: dict, present: list[int] | None = None) -> dict:
+        """The update's device work on a preprocessed batch (what --cuda_graphs captures; `present`, the tasks in
+        the batch, only for PCGrad, which the capture refuses): losses, backward, clipping, the step."""
+        c, model = self.config, self.model
         weighted, metrics, _ = model.task_losses(data)
         self.optimizer.zero_grad(set_to_none=True)
         if c.grad_surgery == "pcgrad" and len(present) > 1:
@@ -131,11 +156,10 @@ class TeacherTrainer:
             weighted.sum().backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.model_grad_clip)
         ok = torch.isfinite(metrics["model_loss"]) & torch.isfinite(grad_norm)
-        if self.first_bad is None:
-            self.first_bad = torch.zeros((), dtype=torch.long, device=ok.device)
-        self.first_bad = torch.where(~ok & (self.first_bad == 0), self.step + 1, self.first_bad)
+        # In place, and the update's index from the device: a captured update replays into these tensors.
+        self._step_t.add_(1)
+        self.first_bad.copy_(torch.where(~ok & (self.first_bad == 0), self._step_t, self.first_bad))
         step_if(self.optimizer, ok)
-        self.step += 1
         metrics["grad_norm"] = grad_norm
         return metrics
 
