@@ -22,13 +22,17 @@ Arms (`--arms`, comma list; `--weights 0,1,10` is the older spelling of none,w1,
   <kind>@<weight>  comet at weight N or auto with one change: prior / open_loop (distill_target), random
                    (teacher_random_seed 0: the random-teacher control), shuffled (shuffle_views True)
 Any config key of the command line (after the script's own flags) applies to every arm.
-Prints one JSON object (and writes it to --out).
+With `--records DIR` each finished run is written there at once (`<arm>_seed<s>.json`, with the settings it
+ran with) and a later invocation with the same settings reads it instead of training again: a long check
+survives an interruption, and arms can run in several processes (one per arm subset) before one invocation
+with every arm reports them all. Prints one JSON object (and writes it to --out).
 
 Shape legend: docs/architecture.md (B batch, T time, L episode length).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import re
 import sys
@@ -157,6 +161,24 @@ def run(config, train, held, arm: str, seed: int, teacher_path: str, updates: in
     return out
 
 
+def recorded_run(records: pathlib.Path | None, settings: dict, config, train, held, arm: str, seed: int,
+                 teacher_path: str, updates: int, eval_every: int) -> dict:
+    """`run`, or its record in `records` when one exists with the same settings (a UsageError when it differs)."""
+    path = records / f"{arm.replace('@', '_at_')}_seed{seed}.json" if records is not None else None
+    if path is not None and path.is_file():
+        record = json.loads(path.read_text())
+        if record["settings"] != settings:
+            raise tools.UsageError(f"{path}: recorded with other settings than this command's; use another --records "
+                                   f"folder or remove the file")
+        print(f"[offline] {arm} seed={seed}: read from {path}", file=sys.stderr, flush=True)
+        return record["run"]
+    out = run(config, train, held, arm, seed, teacher_path, updates, eval_every)
+    if path is not None:
+        text = json.dumps({"settings": settings, "run": out}).encode()
+        tools.atomic_write(path, lambda f: f.write(text))
+    return out
+
+
 def share_summary(runs: list[dict]) -> dict:
     """Per arm: geometric means over seeds of r and of the coefficient, over the whole run and its last third."""
     if not runs[0]["shares"]:
@@ -189,9 +211,10 @@ def summarise(runs: list[dict]) -> dict:
                                    if any(k in r["curve"][i] for r in group) else None
                                    for i in range(len(group[0]["curve"]))] for k in curve_keys}
         entry["shares"] = share_summary(group)
-        if "teacher_probe" in group[0]:
-            entry["teacher_probe"] = {k: round(float(np.mean([r["teacher_probe"][k] for r in group])), 4)
-                                      for k in group[0]["teacher_probe"]}
+        if "teacher_probe" in group[0]:  # per view over the seeds that kept it active, and the mean over views
+            views = sorted({k for r in group for k in r["teacher_probe"]})
+            entry["teacher_probe"] = {k: round(float(np.mean([r["teacher_probe"][k] for r in group
+                                                              if k in r["teacher_probe"]])), 4) for k in views}
         summary[arm] = entry
     return summary
 
@@ -207,6 +230,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval_every", type=int, default=100)
     parser.add_argument("--held_out", type=float, default=0.2)
     parser.add_argument("--out", default="")
+    parser.add_argument("--records", default="", help="folder of per-run records (written, and read when present)")
     args, rest = parser.parse_known_args(argv)
     torch.set_num_threads(1)
     config = configs.load_config(rest)
@@ -215,8 +239,12 @@ def main(argv=None) -> dict:
     for arm in arms:
         arm_overrides(arm)  # a malformed arm fails before any training
     train, held = split_episodes(args.data, args.held_out, seed=0)
-    runs = [run(config, train, held, arm, int(s), args.teacher, args.updates, args.eval_every)
-            for arm in arms for s in args.seeds.split(",")]
+    records = pathlib.Path(args.records) if args.records else None
+    settings = json.loads(json.dumps({"data": args.data, "teacher": args.teacher, "updates": args.updates,
+                                      "eval_every": args.eval_every, "held_out": args.held_out,
+                                      "config": {k: v for k, v in config.to_dict().items() if k != "configs"}}))
+    runs = [recorded_run(records, settings, config, train, held, arm, int(s), args.teacher, args.updates,
+                         args.eval_every) for arm in arms for s in args.seeds.split(",")]
     keys = ("obs", "distill_mode", "distill_direction", "conditional_distill", "prune_every", "min_active_tasks",
             "batch_size", "batch_length", "cnn_depth", "dyn_deter", "dyn_stoch", "embed_size", "mlp_units",
             "grad_share_every", "distill_share", "distill_auto_ema", "distill_auto_range", "distill_horizon",

@@ -35,10 +35,15 @@ def test_offline_check_in_pixels_reports_nll_probe_and_shares_per_arm(pixel_setu
     root = pixel_setup
     arms = "none,w1,w100,auto,prior@auto,open_loop@1,random@auto"
     out = root / "offline.json"
-    result = distill_offline.main(["--data", str(root / "target" / "handle_press"), "--teacher",
-                                   str(root / "teacher" / "teacher.pt"), "--arms", arms, "--seeds", "0",
-                                   "--updates", "4", "--eval_every", "2", "--held_out", "0.34", "--out", str(out),
-                                   *BLOCKS, "--grad_share_every", "1", "--distill_horizon", "3"])
+    common = ["--data", str(root / "target" / "handle_press"), "--teacher", str(root / "teacher" / "teacher.pt"),
+              "--seeds", "0", "--updates", "4", "--eval_every", "2", "--held_out", "0.34", "--records",
+              str(root / "records"), *BLOCKS, "--grad_share_every", "1", "--distill_horizon", "3"]
+    distill_offline.main(["--arms", "none,w1", *common])  # one process runs some arms first ...
+    capsys.readouterr()
+    result = distill_offline.main(["--arms", arms, "--out", str(out), *common])  # ... a later one all of them
+    assert capsys.readouterr().err.count("read from") == 2
+    with pytest.raises(tools.UsageError, match="other settings"):
+        distill_offline.main(["--arms", "none", *common, "--model_lr", "1e-3"])
     assert json.loads(out.read_text())["arms"] == arms.split(",")
     summary = result["final_held_out"]
     assert list(summary) == arms.split(",") and result["eval_updates"] == [0, 2, 4]
@@ -63,3 +68,12 @@ def test_arms_are_read_or_refused_with_one_line():
     for bad in ("w", "we", "prior", "prior@", "magic@1", "w1x", "random@e"):
         with pytest.raises(tools.UsageError, match="--arms"):
             distill_offline.arm_overrides(bad)
+
+
+def test_summary_takes_each_view_over_the_seeds_that_kept_it():
+    point = {"update": 0, "model_loss": 1.0, "probe_r2": 0.5}
+    runs = [{"arm": "w1", "seed": s, "curve": [point, point], "shares": [{"update": 0, "r": 0.1, "scale": 1.0}],
+             "teacher_probe": {"probe/teacher_r2": 0.2 + s, f"probe/teacher_r2_{view}": 0.1 + s}}
+            for s, view in ((0, "reach"), (1, "push"))]
+    probe = distill_offline.summarise(runs)["w1"]["teacher_probe"]
+    assert probe == {"probe/teacher_r2": 0.7, "probe/teacher_r2_push": 1.1, "probe/teacher_r2_reach": 0.1}
