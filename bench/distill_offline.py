@@ -20,7 +20,8 @@ Arms (`--arms`, comma list; `--weights 0,1,10` is the older spelling of none,w1,
   w<N>             comet at distill_weight N (w1, w1000, w0.5)
   auto             comet at distill_weight auto (held at distill_share)
   <kind>@<weight>  comet at weight N or auto with one change: prior / open_loop (distill_target), random
-                   (teacher_random_seed 0: the random-teacher control), shuffled (shuffle_views True)
+                   (teacher_random_seed 0: the random-teacher control), shuffled (shuffle_views True); several
+                   kinds join with '+' (prior+random@auto: the random-teacher control of the prior target)
 Any config key of the command line (after the script's own flags) applies to every arm.
 With `--records DIR` each finished run is written there at once (`<arm>_seed<s>.json`, with the settings it
 ran with) and a later invocation with the same settings reads it instead of training again: a long check
@@ -66,13 +67,15 @@ def arm_overrides(arm: str) -> dict | None:
             return {"distill_weight": str(float(match.group(1)))}
     except ValueError:
         pass
-    kind, _, weight = arm.partition("@")
-    if kind in KINDS and weight:
+    kinds, _, weight = arm.partition("@")
+    if weight and kinds and all(kind in KINDS for kind in kinds.split("+")):
         base = arm_overrides("auto" if weight == "auto" else f"w{weight}")
         if base is not None:
-            return {**base, **KINDS[kind]}
-    raise tools.UsageError(f"--arms: cannot read '{arm}'; use none, w<N>, auto or <kind>@<N|auto> with kind one of "
-                           f"{', '.join(KINDS)}")
+            for kind in kinds.split("+"):
+                base.update(KINDS[kind])
+            return base
+    raise tools.UsageError(f"--arms: cannot read '{arm}'; use none, w<N>, auto or <kind>[+<kind>]@<N|auto> with "
+                           f"kinds among {', '.join(KINDS)}")
 
 
 def windows(episodes: list[dict], length: int, per_batch: int = 16) -> list[dict]:

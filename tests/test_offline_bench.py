@@ -65,7 +65,9 @@ def test_arms_are_read_or_refused_with_one_line():
     assert distill_offline.arm_overrides("w1000") == {"distill_weight": "1000.0"}
     assert distill_offline.arm_overrides("open_loop@auto") == {"distill_weight": "auto", "distill_target": "open_loop"}
     assert distill_offline.arm_overrides("random@10") == {"distill_weight": "10.0", "teacher_random_seed": 0}
-    for bad in ("w", "we", "prior", "prior@", "magic@1", "w1x", "random@e"):
+    assert distill_offline.arm_overrides("prior+random@auto") == {"distill_weight": "auto", "distill_target": "prior",
+                                                                  "teacher_random_seed": 0}
+    for bad in ("w", "we", "prior", "prior@", "magic@1", "w1x", "random@e", "prior+@1", "prior+magic@1"):
         with pytest.raises(tools.UsageError, match="--arms"):
             distill_offline.arm_overrides(bad)
 
