@@ -115,9 +115,12 @@ def simple(main, argv_fn):
 
 
 def locked_logdir(world, tmp_path):
+    """The folder's lock held (an OS lock, as a live run holds it) by this very process through another open file."""
+    from training import run_state
+
     logdir = tmp_path / "run"
     logdir.mkdir()
-    (logdir / ".lock").write_text("1\n")  # PID 1 is always alive
+    run_state.take(logdir / ".lock")  # released when the test process ends
     (logdir / "notes.txt").write_text("keep")
     return dreamer_distill.main, student_argv(world, logdir), [logdir / "notes.txt", logdir / ".lock"]
 
@@ -168,7 +171,7 @@ CASES = {
         w, t / "s", "--use_distill", "True", "--teacher_model_path", str(t / "none.pt"))), 2, "no such file"),
     "student: unknown flag": (simple(dreamer_distill.main, lambda w, t: student_argv(w, t / "s", "--step", "5")),
                               2, "did you mean '--steps'"),
-    "student: locked logdir": (locked_logdir, 2, "in use by another run (PID 1)"),
+    "student: locked logdir": (locked_logdir, 2, f"in use by another run (PID {os.getpid()} on "),
     "student: logdir under a file": (logdir_under_a_file, 2, "cannot create it"),
     "student: read-only logdir": (read_only_logdir, 2, "not writable"),
     "ood: wrong action width in the student's episodes": (ood_student_file("action_width"), 0, "'action' has width 3"),

@@ -256,6 +256,41 @@ def test_a_locked_logdir_is_refused_a_stale_lock_taken_over_and_sigterm_saves_li
     assert len(replay.episode_files(logdir / "train_eps")) == final["episodes"] in (160 // 40 - 1, 160 // 40)
 
 
+def test_the_lock_is_an_os_lock_so_a_reused_pid_never_blocks_and_a_killed_holder_releases_it(tmp_path):
+    """The logdir lock against real processes: a lock file naming a live process that holds no lock (a dead run's
+    PID reused) is taken over; a live holder is refused by name; kill -9 of the holder frees the folder at once."""
+    from tools import UsageError
+    from training import run_state
+
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time; from training import run_state; "
+                               "run_state.take(pathlib.Path(sys.argv[1])); print('held', flush=True); time.sleep(120)",
+                               str(logdir / ".lock")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        (logdir / ".lock").write_text(f"{bystander.pid} {os.uname().nodename}\n")  # alive, but holds nothing
+        run = run_state.RunDir(logdir, resume=True)
+        assert run.open() is None and (logdir / ".lock").read_text().split()[0] == str(os.getpid())
+        run.close()
+        assert not (logdir / ".lock").exists()
+
+        assert holder.stdout.readline().strip() == "held"
+        assert run_state.holder(logdir) == f"PID {holder.pid} on {os.uname().nodename}"
+        with pytest.raises(UsageError, match=rf"in use by another run \(PID {holder.pid} on "):
+            run_state.RunDir(logdir, resume=True).open()
+        holder.kill()
+        holder.wait(30)
+        assert (logdir / ".lock").read_text().split()[0] == str(holder.pid)  # its file stays behind, unheld
+        run = run_state.RunDir(logdir, resume=True)
+        assert run.open() is None
+        run.close()
+    finally:
+        for process in (bystander, holder):
+            process.kill()
+            process.wait()
+
+
 # --- a full disk ------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager

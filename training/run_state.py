@@ -4,7 +4,8 @@ A run's log folder (`--logdir`) holds its checkpoints, `metrics.jsonl`, TensorBo
 folders. `RunDir` owns the rules for it:
 
 * a new run needs an empty or missing folder unless `--resume True`; a second live run on the same folder
-  is refused (`.lock` holds the owner's PID; a lock whose process is gone is taken over);
+  is refused: the run holds an OS lock (flock) on `.lock` for its whole life, which the kernel drops when the
+  process ends however it ends, so a dead run never blocks its folder and a reused PID cannot fake a holder;
 * on start, temp files of writes a killed run left behind are removed, and the newest checkpoint (highest
   `step` among the loop's checkpoint names) is loaded and checked against the command's config;
 * whatever the previous run wrote after that checkpoint (or everything, if it died before its first one) is
@@ -45,7 +46,7 @@ class RunDir:
         self.had_content = bool(existing)
         self.checkpoint_path: pathlib.Path | None = None
         self.payload: dict | None = None
-        self._locked = False
+        self._lock_fd: int | None = None
 
     # --- start ----------------------------------------------------------------------------------------
 
@@ -106,14 +107,9 @@ class RunDir:
 
     def close(self) -> None:
         """Release the lock (only ours)."""
-        if self._locked:
-            lock = self.path / LOCK
-            try:
-                if lock.read_text().strip() == str(os.getpid()):
-                    lock.unlink()
-            except OSError:
-                pass
-            self._locked = False
+        if self._lock_fd is not None:
+            release(self._lock_fd, self.path / LOCK)
+            self._lock_fd = None
 
     # --- lock -----------------------------------------------------------------------------------------
 
@@ -127,40 +123,73 @@ class RunDir:
             raise UsageError(f"--logdir {self.path} is not writable; choose a writable folder or fix its permissions")
 
     def _lock(self) -> None:
-        """Create `.lock` with our PID; a lock held by a live process is an error, a dead one's is taken over."""
-        lock = self.path / LOCK
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _lock_holder(lock)
-                if holder is not None and holder != os.getpid() and _alive(holder):
-                    raise UsageError(f"--logdir {self.path} is in use by another run (PID {holder}); wait for it "
-                                     f"to finish or stop it, or choose another --logdir") from None
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            self._locked = True
-            return
-        raise UsageError(f"--logdir {self.path}: could not take the lock {lock}; remove it if no run uses the folder")
+        try:
+            self._lock_fd = take(self.path / LOCK)
+        except Held as held:
+            raise UsageError(f"--logdir {self.path} is in use by another run ({held}); wait for it to finish or stop "
+                             f"it, or choose another --logdir") from None
 
 
-def _lock_holder(lock: pathlib.Path) -> int | None:
+# --- the logdir lock: an OS lock held for the run's life ---------------------------------------------------------
+
+class Held(Exception):
+    """The lock is held by a live process; the message describes the holder as its file names it."""
+
+
+def take(path: pathlib.Path) -> int:
+    """Lock `path` (created if missing) for this process: flock LOCK_EX on an open file, kept until `release` or the
+    process's end. The file then names this process (PID, host), for the message of a run refused because of it.
+    Raises Held when a live process holds it."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Held(_holder(path)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file a releasing holder unlinked between our open and our lock: ours
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {os.uname().nodename}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def release(fd: int, path: pathlib.Path) -> None:
+    """Remove the lock file while still holding it (a process that opened it meanwhile sees it unlinked and opens
+    anew), then drop the lock."""
     try:
-        return int(lock.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def holder(logdir) -> str | None:
+    """Who holds the lock of `logdir` ('PID 123 on host'), or None when no live process does. A probe: it takes the
+    lock for an instant when it is free."""
+    path = pathlib.Path(logdir) / LOCK
+    if not path.is_file():
         return None
-
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        release(take(path), path)
+    except Held as held:
+        return str(held)
+    except OSError:  # not ours to open: nothing this probe can say
+        return None
+    return None
+
+
+def _holder(path: pathlib.Path) -> str:
+    try:
+        pid, *host = path.read_text().split()
+        return f"PID {int(pid)}" + (f" on {host[0]}" if host else "")
+    except (OSError, ValueError):
+        return "its process did not name itself yet"
 
 
 # --- files ------------------------------------------------------------------------------------------------
