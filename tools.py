@@ -67,6 +67,28 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def sigterm_as_ctrl_c() -> None:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, so it takes Ctrl-C's save-and-exit path;
+    called again by code that lets a library install its own handler (Ray's core aborts on SIGTERM)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def stop_signals_ignored():
+    """Ctrl-C and SIGTERM ignored inside (main thread only): the checkpoint a first one made a loop write is not
+    aborted half-way by a second (an impatient Ctrl-C, or a sweep stopping a job whose Ray worker then dies too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _quiet_disk_errors(args) -> None:
     """A writer thread (TensorBoard's) that dies of a full disk hands its error to the main thread, which reports
     it in one line; the thread's own traceback would only repeat it."""
@@ -78,7 +100,7 @@ def _quiet_disk_errors(args) -> None:
 def run_main(prog: str, run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Call `run(argv)` and turn its outcome into an exit code with at most one error line on stderr."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        sigterm_as_ctrl_c()
         # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
         # keeps it so: Ctrl-C of a sweep and the SIGINT a sweep sends its jobs to save would then be lost.
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -421,7 +443,9 @@ class Logger:
         if self._writer is None and self._use_tb:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.logdir), max_queue=1000, purge_step=self._purge_step)
+            # flush_secs bounds how long closing can wait on the writer's thread: a Ctrl-C that lands inside the
+            # writer's queue can lose its wake-up, and the thread then sleeps out the flush interval (120 s default).
+            self._writer = SummaryWriter(str(self.logdir), max_queue=1000, purge_step=self._purge_step, flush_secs=10)
         return self._writer
 
     def _set_aside_rows_after(self, step: int) -> None:

@@ -7,6 +7,9 @@ import shlex
 
 import tools
 
+LOG = "sweep.log"  # the sweep's own lines (events, summary) of every run, beside its jobs
+RAY_LOG = "ray.log"  # Ray's messages to the driver (sweeps.cluster.messages_to)
+
 
 def drive(spec_path: str, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
           retries: int = 2, dry_run: bool = False, archive: str | None = None) -> None:
@@ -25,7 +28,8 @@ def drive(spec_path: str, address: str | None = None, num_cpus: int | None = Non
         return
     if store is not None:
         jobs = archives.prepare(store, jobs, runner.finished_before(jobs), lambda text: print(f"[sweep] {text}"))
-    progress = Progress(len(jobs))
+    spec.root.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(jobs), log=spec.root / LOG)
     if address is None:
         local_ray.clean_up(spec.root)  # what a driver killed with kill -9 left running
     if all(job.done_marker.exists() for job in jobs):
@@ -33,9 +37,9 @@ def drive(spec_path: str, address: str | None = None, num_cpus: int | None = Non
     else:
         # A local Ray lives exactly as long as this driver; a cluster's Ray outlives it.
         with local_ray.session(spec.root) if address is None else contextlib.nullcontext():
-            runner.init_ray(address, num_cpus, num_gpus)
+            runner.init_ray(address, num_cpus, num_gpus, ray_log=spec.root / RAY_LOG)
             outcomes = runner.run(jobs, progress, retries=retries, on_done=store.store if store else None)
-    print(runner.summary(outcomes, jobs), flush=True)
+    progress.event(runner.summary(outcomes, jobs), prefix="")
     report = spec.root / "report" / "results.md"
     if report.exists():
         print(f"report: {report}")

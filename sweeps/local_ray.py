@@ -17,7 +17,8 @@ import signal
 import time
 import uuid
 
-from tools import UsageError, atomic_write
+import tools
+from tools import UsageError
 
 MARK = "COMET_SWEEP_SESSION"
 JOB_MARK = "COMET_SWEEP_JOB"  # set by sweeps.task in the environment of the stage scripts it starts
@@ -107,8 +108,8 @@ def session(root: pathlib.Path):
     clean_up(root)
     name = uuid.uuid4().hex
     root.mkdir(parents=True, exist_ok=True)
-    record = {"session": name, "driver": os.getpid(), "driver_started": _started(os.getpid())}
-    atomic_write(root / RECORD, lambda f: f.write(json.dumps(record).encode()))
+    record = json.dumps({"session": name, "driver": os.getpid(), "driver_started": _started(os.getpid())}).encode()
+    tools.atomic_write(root / RECORD, lambda f: f.write(record))
     previous = os.environ.get(MARK)
     os.environ[MARK] = name  # inherited by the Ray processes ray.init starts, and by everything they start
     try:

@@ -1,6 +1,8 @@
-"""The sweep's one progress display: a status line (done / running / failed / waiting, ETA) and job events."""
+"""The sweep's one progress display: a status line (done / running / failed / waiting, ETA) and job events, the
+events also in the sweep's own log (<root>/sweep.log)."""
 from __future__ import annotations
 
+import pathlib
 import sys
 import time
 
@@ -15,16 +17,23 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Prints events as lines and the status line on a terminal in place, elsewhere every `every` seconds."""
 
-    def __init__(self, total: int, stream=None, every: float = 30.0):
+    def __init__(self, total: int, stream=None, every: float = 30.0, log: pathlib.Path | None = None):
         self.total, self.stream, self.every = total, stream or sys.stdout, every
         self.live = self.stream.isatty()
         self.start, self.last_line, self.last_status = time.time(), 0.0, ""
         self.durations: list[float] = []
+        self.log = log  # every event is also appended there, with its time
 
-    def event(self, text: str) -> None:
-        self.stream.write(("\r\033[K" if self.live else "") + f"[sweep] {text}\n")
+    def event(self, text: str, prefix: str = "[sweep] ") -> None:
+        self.stream.write(("\r\033[K" if self.live else "") + f"{prefix}{text}\n")
         self.stream.flush()
         self.last_status = ""
+        if self.log is not None:
+            try:
+                with open(self.log, "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+            except OSError:
+                pass  # the console has it; a full disk shows up in the jobs' own errors
 
     def eta(self, remaining: int, running: int) -> str:
         if not self.durations or not remaining:

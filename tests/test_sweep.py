@@ -1,4 +1,5 @@
-"""sweep.py on a real local Ray (2 CPUs) with tiny state-mode runs."""
+"""sweep.py on a real local Ray (2 CPUs) with tiny state-mode runs: a killed job, a killed or interrupted driver (every
+running job saves the step it reached), a local sweep beside another Ray, the attempts of a retried job."""
 from __future__ import annotations
 
 import json
@@ -14,14 +15,17 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STUDENT = {"steps": 160, "eval_every": 80, "checkpoint_every": 80, "log_every": 80}
+# Runs until stopped, and its only checkpoint is the one a stop makes it write; a row every 20 env steps.
+LONG = {"steps": 100_000, "eval_every": 100_000, "checkpoint_every": 100_000, "log_every": 20}
 
 
-def write_spec(path: pathlib.Path, root: pathlib.Path, methods: dict, teachers: bool) -> pathlib.Path:
+def write_spec(path: pathlib.Path, root: pathlib.Path, methods: dict, teachers: bool,
+               student: dict = STUDENT) -> pathlib.Path:
     from ruamel.yaml import YAML
 
     spec = {"root": str(root), "resources": {"num_cpus": 1},
             "flags": {"configs": ["defaults", "metaworld", "quickstart", "debug"], "progress": False},
-            "students": {"targets": ["metaworld_drawer_close"], "seeds": [0, 1], "flags": STUDENT, "methods": methods},
+            "students": {"targets": ["metaworld_drawer_close"], "seeds": [0, 1], "flags": student, "methods": methods},
             "report": {"reps": 200, "last": 1}}
     if teachers:
         spec["collect"] = {"tasks": ["metaworld_reach", "metaworld_door_open"],
@@ -32,10 +36,10 @@ def write_spec(path: pathlib.Path, root: pathlib.Path, methods: dict, teachers: 
     return path
 
 
-def sweep(spec: pathlib.Path, **popen) -> subprocess.Popen:
+def sweep(spec: pathlib.Path, *flags: str, **popen) -> subprocess.Popen:
     """The driver as a background job of a non-interactive shell starts it: with SIGINT ignored, which its
     Ctrl-C handling must undo."""
-    return subprocess.Popen([sys.executable, "sweep.py", str(spec), "--num_cpus", "2"], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "sweep.py", str(spec), *(flags or ("--num_cpus", "2"))], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), **popen)
 
@@ -142,7 +146,8 @@ def test_killed_or_interrupted_driver_leaves_no_ray_and_continues_and_a_bad_flag
     root = tmp_path / "sweep"
     spec = write_spec(tmp_path / "spec.yaml", root, {
         "dreamer": {"flags": {"use_distill": False}},
-        "broken": {"flags": {"use_distill": False, "no_such_flag": 1}}}, teachers=False)
+        # a schedule only the stage parses: the spec check passes it, the job fails at its start
+        "broken": {"flags": {"use_distill": False, "actor_entropy": "lineer(1,0,1)"}}}, teachers=False)
     running = root / "students/drawer_close/dreamer/seed0"
     runs = [sweep(spec)]
     try:
@@ -180,13 +185,60 @@ def test_killed_or_interrupted_driver_leaves_no_ray_and_continues_and_a_bad_flag
             end_session(process)
     assert runs[2].returncode == 1, out  # the broken runs failed
     assert marked(third) == {}  # a normal exit leaves no Ray process either
-    assert "FAILED students/drawer_close/broken/seed0" in out and "no_such_flag" in out, out
+    assert "FAILED students/drawer_close/broken/seed0" in out and "cannot parse schedule 'lineer(1,0,1)'" in out, out
     for seed in (0, 1):
         run = root / f"students/drawer_close/dreamer/seed{seed}"
         steps = eval_steps(run)
         assert steps == sorted(set(steps)) and steps[-1] == STUDENT["steps"], (run, steps)
     report = (root / "report/results.md").read_text()
     assert "| drawer_close | dreamer | 2 |" in report and "broken" not in report.split("## Left out")[0], report
+
+
+def last_step(logdir: pathlib.Path) -> int:
+    """The env step of the last metrics row a student wrote (0 before its first)."""
+    try:
+        lines = (logdir / "metrics.jsonl").read_text().splitlines()
+        return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+    except (OSError, ValueError):
+        return 0
+
+
+def saved_step(logdir: pathlib.Path) -> int | None:
+    import torch
+
+    path = logdir / "latest.pt"
+    return int(torch.load(path, weights_only=True)["step"]) if path.is_file() else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_stopped_driver_lets_each_running_job_save_the_step_it_reached(tmp_path, how):
+    """Ctrl-C, SIGTERM and kill -9 of the driver while two students run: each writes its checkpoint at (or after)
+    the last step it logged before the signal. The students have no periodic checkpoint, so any latest.pt is the one
+    the stop made."""
+    from sweeps import local_ray
+
+    root = tmp_path / "sweep"
+    spec = write_spec(tmp_path / "spec.yaml", root, {"dreamer": {"flags": {"use_distill": False}}}, teachers=False,
+                      student=LONG)
+    runs = [root / f"students/drawer_close/dreamer/seed{seed}" for seed in (0, 1)]
+    driver = sweep(spec)
+    try:
+        wait_for(lambda: all(last_step(run) >= 100 for run in runs), 400, "both students past env step 100")
+        reached = [last_step(run) for run in runs]
+        driver.send_signal(getattr(signal, how))
+        out, _ = driver.communicate(timeout=300)
+        wait_for(lambda: not any(stage_pids(run) for run in runs), 300, "the students to exit")
+    finally:
+        end_session(driver)
+        local_ray.clean_up(root)  # after kill -9: the Ray agents that outlive a driver
+    assert driver.returncode == (-signal.SIGKILL if how == "SIGKILL" else 130), out
+    for run, step in zip(runs, reached):
+        saved = saved_step(run)
+        assert saved is not None and saved >= step, (how, run.name, saved, step, out)
+        assert f"interrupted: checkpoint saved at env step {saved}" in (run.parent / f"{run.name}.log").read_text()
+    if how != "SIGKILL":
+        assert "2 running job(s) save their checkpoint and stop" in out, out
 
 
 def test_a_rerun_stops_only_the_marked_leftovers_and_refuses_a_live_driver(tmp_path):

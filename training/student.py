@@ -338,7 +338,8 @@ class Trainer:
             bar.set_postfix(updates=self.agent.updates, eval_success=f"{self.last_success:.2f}")
         except KeyboardInterrupt:
             bar.close()
-            self.save()
+            with tools.stop_signals_ignored():
+                self.save()
             print(f"\ninterrupted: checkpoint saved at env step {self.step} to {self.logdir / CHECKPOINT}; "
                   f"run the same command to resume", flush=True)
             raise

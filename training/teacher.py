@@ -185,7 +185,8 @@ class TeacherTrainer:
             self._loop(total, bar)
         except KeyboardInterrupt:
             bar.close()
-            self.save(CHECKPOINT)
+            with tools.stop_signals_ignored():
+                self.save(CHECKPOINT)
             print(f"\ninterrupted: checkpoint saved at update {self.step} to {self.run_dir.path / CHECKPOINT}; "
                   f"run the same command to resume", file=sys.stderr, flush=True)
             raise
