@@ -34,8 +34,10 @@ def test_quickstart_sweep_ends_with_a_results_table_and_curves(tmp_path):
     # The random prefill episode (40 env steps of 160) is not part of the student's OOD set.
     assert ood["student"]["n"] == 3 and "left out 1 of 4 episodes" in ood["student"]["selection"][0]
     # Each job runs with one torch thread and gets only the flags its stage reads (no warnings).
-    logs = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.log")}
+    logs = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.log") if p.parent != root or
+            p.name not in ("sweep.log", "ray.log")}  # the jobs' logs, not the sweep's own
     assert len(logs) == 6, sorted(logs)
+    assert "done students/drawer_close/comet/seed0" in (root / "sweep.log").read_text()
     assert all("--threads 1" in text for name, text in logs.items() if name.startswith(("teachers/", "students/")))
     assert "--ood_threads 1" in logs["ood/drawer_close/comet/seed0.log"]
     assert not any("has no effect here" in text for text in logs.values()), logs

@@ -184,3 +184,21 @@ def test_targets_and_job_names_are_canonical_whatever_the_spelling(tmp_path):
     names = {job.name for job in job_graph.build(loaded)}
     assert {"students/window_close/comet/seed1", "students/drawer_close/dreamer/seed0",
             "ood/window_close/comet/seed0"} <= names, sorted(names)
+
+
+@pytest.mark.parametrize("script", ["sweep.py", "results.py"])
+def test_help_cites_only_files_that_exist(script):
+    """Every file of the repository that --help names exists; placeholders (SPEC.yaml, NAME) and the outputs a
+    command would write (runs/..., --out folders) aside."""
+    import re
+    import subprocess
+    import sys
+
+    text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120).stdout
+    words = {w.strip("'\"(),;:") for w in text.split()}
+    # paths (a bare name such as config.yaml or results.md is a file of a run or a report, not of the repository)
+    cited = {w for w in words if re.fullmatch(r"[\w./-]+/[\w.-]+\.(py|md|yaml)|[\w-]+\.py", w)
+             and not re.search(r"[A-Z]{3,}|\*", w)}
+    assert cited, text  # it does point somewhere
+    assert not [c for c in cited if not (ROOT / c).exists()], (sorted(cited), text)
