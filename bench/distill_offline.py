@@ -164,13 +164,21 @@ def run(config, train, held, arm: str, seed: int, teacher_path: str, updates: in
     return out
 
 
+def same_settings(a: dict, b: dict) -> bool:
+    """Whether two runs' settings agree: every entry, and every config key both know (a key that the code of
+    one side did not have yet cannot have changed what that side ran)."""
+    rest = lambda s: {k: v for k, v in s.items() if k != "config"}
+    shared = a["config"].keys() & b["config"].keys()
+    return rest(a) == rest(b) and all(a["config"][k] == b["config"][k] for k in shared)
+
+
 def recorded_run(records: pathlib.Path | None, settings: dict, config, train, held, arm: str, seed: int,
                  teacher_path: str, updates: int, eval_every: int) -> dict:
     """`run`, or its record in `records` when one exists with the same settings (a UsageError when it differs)."""
     path = records / f"{arm.replace('@', '_at_')}_seed{seed}.json" if records is not None else None
     if path is not None and path.is_file():
         record = json.loads(path.read_text())
-        if record["settings"] != settings:
+        if not same_settings(record["settings"], settings):
             raise tools.UsageError(f"{path}: recorded with other settings than this command's; use another --records "
                                    f"folder or remove the file")
         print(f"[offline] {arm} seed={seed}: read from {path}", file=sys.stderr, flush=True)

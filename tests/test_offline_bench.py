@@ -72,6 +72,13 @@ def test_arms_are_read_or_refused_with_one_line():
             distill_offline.arm_overrides(bad)
 
 
+def test_records_agree_on_the_config_keys_both_sides_know():
+    base = {"data": "d", "updates": 4, "config": {"model_lr": 1e-3, "seed": 0}}
+    assert distill_offline.same_settings(base, {**base, "config": {**base["config"], "new_key": 1}})
+    assert not distill_offline.same_settings(base, {**base, "config": {"model_lr": 2e-3, "seed": 0}})
+    assert not distill_offline.same_settings(base, {**base, "updates": 5})
+
+
 def test_summary_takes_each_view_over_the_seeds_that_kept_it():
     point = {"update": 0, "model_loss": 1.0, "probe_r2": 0.5}
     runs = [{"arm": "w1", "seed": s, "curve": [point, point], "shares": [{"update": 0, "r": 0.1, "scale": 1.0}],
