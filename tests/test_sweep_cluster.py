@@ -47,12 +47,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def started(log: pathlib.Path, process: subprocess.Popen, timeout: float = 240) -> str:
-    """The log of a `ray start --block` once its node runs."""
+def started(log: pathlib.Path, process: subprocess.Popen, timeout: float = 240, also: str = "") -> str:
+    """The log of a `ray start --block` once its node runs (and, with `also`, once that line is written too:
+    the head prints its address a few lines after "Ray runtime started", so a busy machine can read between)."""
     def ready():
         assert process.poll() is None, log.read_text()[-3000:]
         text = log.read_text() if log.exists() else ""
-        return text if "Ray runtime started" in text else None
+        return text if "Ray runtime started" in text and re.search(also, text) else None
     return wait_for(ready, timeout, f"ray start ({log.name})")
 
 
@@ -75,7 +76,8 @@ def cluster(tmp_path_factory):
             processes.append(subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1",
                                                "--temp-dir", str(short / "ray"), "--include-dashboard", "false",
                                                "--block"], env=node_env, stdout=out, stderr=subprocess.STDOUT))
-        address = re.search(r"ray start --address='([^']+)'", started(logs[0], processes[0])).group(1)
+        pattern = r"ray start --address='([^']+)'"
+        address = re.search(pattern, started(logs[0], processes[0], also=pattern)).group(1)
         with open(logs[1], "w") as out:
             processes.append(subprocess.Popen([RAY, "start", "--address", address, "--num-cpus", "1", "--block"],
                                               env=node_env, stdout=out, stderr=subprocess.STDOUT))
