@@ -89,6 +89,26 @@ def stop_signals_ignored():
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Ctrl-C and SIGTERM held back inside (main thread only) and raised as KeyboardInterrupt on leaving: a record
+    and the bookkeeping that says it was written (an evaluation's row and `last_eval`) land together or not at all,
+    so a resumed run neither repeats nor loses it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
 def _quiet_disk_errors(args) -> None:
     """A writer thread (TensorBoard's) that dies of a full disk hands its error to the main thread, which reports
     it in one line; the thread's own traceback would only repeat it."""
@@ -134,6 +154,22 @@ def deprecated(old: str, new: str) -> None:
 # write of a file of that name, after its bytes are written and before the rename, as a power cut would.
 FAULT_ENV = "COMET_KILL_IN_WRITE"
 _writes: dict[str, int] = {}
+
+
+def code_commit() -> str:
+    """The git commit of this checkout, '-dirty' added when tracked files differ from it; 'unknown' outside git.
+    Recorded with each run's config (configs.record_config), so a report names the code its runs ran."""
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> pathlib.Path:

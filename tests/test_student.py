@@ -264,3 +264,52 @@ def test_agent_state_dict_round_trip_includes_optimizers(tmp_path):
     torch.manual_seed(5)
     m2 = other.train(tiny_batch(config, 1), 1)
     assert m1 == m2
+
+
+
+@pytest.mark.timeout_hint(40)
+@pytest.mark.parametrize("when", ["evaluating", "recording"])
+def test_a_stop_during_the_final_evaluation_evaluates_on_resuming_once(tmp_path, monkeypatch, when):
+    """A real SIGINT while the last evaluation's episodes run (the env step counter already at `steps`), or while
+    its row is being written: the run saves and exits 130; the rerun evaluates step 160 once and repeats nothing."""
+    import os
+    import signal
+
+    import training.student as student
+
+    real_evaluate, real_write = student.evaluate, tools.Logger.write
+    calls = {"evaluate": 0, "sent": 0}
+
+    def stop_once():
+        if not calls["sent"]:
+            calls["sent"] = 1
+            os.kill(os.getpid(), signal.SIGINT)  # handled in the interpreter at the next bytecode, right here
+
+    def evaluate(*args, **kwargs):
+        episodes = real_evaluate(*args, **kwargs)
+        calls["evaluate"] += 1
+        if when == "evaluating" and calls["evaluate"] == 2:  # the evaluation at step 160
+            stop_once()
+        return episodes
+
+    def write(self, step):
+        if when == "recording" and step == 160 and "eval/episodes" in self._scalars:
+            stop_once()  # held back until the row and its bookkeeping are written
+        return real_write(self, step)
+
+    def eval_rows():
+        return [r["step"] for r in records(logdir) if "eval/success_any" in r]
+
+    logdir = tmp_path / "run"
+    monkeypatch.setattr(student, "evaluate", evaluate)
+    monkeypatch.setattr(tools.Logger, "write", write)
+    flags = ["--time_limit", "40", "--eval_every", "80", "--steps", "160", "--checkpoint_every", "1000"]
+    assert run(logdir, *flags) == tools.EXIT_INTERRUPTED
+    assert calls["sent"], "the stop was never sent"
+    assert tools.load_checkpoint(logdir / "latest.pt")["step"] == 160
+    assert eval_rows() == ([80] if when == "evaluating" else [80, 160]), eval_rows()
+    assert run(logdir, *flags) == 0
+    assert eval_rows() == [80, 160], eval_rows()
+    saved = tools.load_checkpoint(logdir / "latest.pt")
+    assert saved["last_eval"] == 160 and saved["evaluations"] == 2, saved
+    assert len(replay.load_dir(logdir / "eval_eps")) == 2

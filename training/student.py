@@ -119,6 +119,14 @@ def _check_flags(config) -> None:
         raise UsageError(f"--eval_goals must be one of {', '.join(GOAL_RULES)}, got '{config.eval_goals}'")
     if int(config.eval_goal_seed) < 0:
         raise UsageError(f"--eval_goal_seed must be >= 0, got {config.eval_goal_seed}")
+    for flag in POSITIVE_FLAGS:
+        if int(getattr(config, flag)) < 1:
+            raise UsageError(f"--{flag} must be >= 1, got {getattr(config, flag)}")
+
+
+# Counts the loop divides by or builds tensors of: 0 would fail deep inside with a traceback, or never end.
+POSITIVE_FLAGS = ("envs", "eval_envs", "eval_episodes", "batch_size", "batch_length", "train_every", "action_repeat",
+                  "time_limit")
 
 
 # --- the loop -------------------------------------------------------------------------------------------
@@ -277,13 +285,19 @@ class Trainer:
         self._episode_stats = []
 
     def run_eval(self) -> None:
-        from replay import save_episode
-
         c = self.config
         video = c.video_every == 0 or due(self.step, self.last_video, c.video_every)
         videos = [] if video else None
         goals = (c.eval_goal_seed, self.evaluations) if c.eval_goals == "fixed" else None
         episodes = evaluate(self.agent, self.eval_envs, c.eval_episodes, self.eval_keys, videos=videos, goals=goals)
+        with tools.stop_signals_deferred():
+            self._record_eval(episodes, video, videos)
+
+    def _record_eval(self, episodes: list[dict], video: bool, videos: list | None) -> None:
+        """An evaluation's episodes, row and bookkeeping, written as one (run_eval holds a stop back meanwhile)."""
+        from replay import save_episode
+
+        c = self.config
         self.evaluations += 1
         for ep in episodes:
             save_episode(self.eval_dir, ep)
@@ -325,7 +339,7 @@ class Trainer:
         from tqdm import tqdm
 
         c = self.config
-        if self.step >= c.steps:
+        if self.step >= c.steps and not self.eval_pending():
             print(f"{self.logdir}: already done (env step {self.step} >= steps {c.steps})", flush=True)
             return
         # miniters=1: redraw whenever a second has passed, also after fast prefill steps set a large stride.
@@ -333,6 +347,9 @@ class Trainer:
                               dynamic_ncols=True, desc="env steps", mininterval=1.0, miniters=1)
         self.logger.fps(self.step)
         try:
+            if self.step > 0:  # resumed: what a stop cut short at the saved step (its updates, its evaluation)
+                self.train_due()
+                self._periodic(self.step, bar)
             self._loop(bar)
             # The final bar shows the final values, not those of the last log_every.
             bar.set_postfix(updates=self.agent.updates, eval_success=f"{self.last_success:.2f}")
@@ -386,10 +403,17 @@ class Trainer:
                 self._starts[i] = self.step
         return obs
 
+    def eval_pending(self) -> bool:
+        """Whether an evaluation is due at this step: a multiple of eval_every passed since the last one, or the
+        run's end. Counted from the last evaluation, not the previous step, so a run stopped between reaching a
+        step and evaluating it evaluates it on resuming."""
+        c = self.config
+        return self.last_eval < self.step and (due(self.step, self.last_eval, c.eval_every) or self.step >= c.steps)
+
     def _periodic(self, previous: int, bar) -> None:
         """Evaluation, videos, logging and checkpoints whose period ends in (previous, step]."""
         c, last = self.config, self.step >= self.config.steps
-        if due(self.step, previous, c.eval_every) or last:
+        if self.eval_pending():
             self.run_eval()
             bar.set_postfix(updates=self.agent.updates, eval_success=f"{self.last_success:.2f}", refresh=False)
         if c.video_every and due(self.step, previous, c.video_every):
