@@ -11,6 +11,7 @@ import re
 import sys
 from typing import Any, Callable, Sequence
 
+import tools
 from tools import UsageError, atomic_write, deprecated
 
 ROOT = pathlib.Path(__file__).resolve().parent
@@ -228,6 +229,29 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     return changes
 
 
+def _last_commit(history: pathlib.Path) -> str | None:
+    """The commit the last line of a config history names (None before commits were recorded)."""
+    import json
+
+    try:
+        last = history.read_text().strip().rsplit("\n", 1)[-1]
+        return json.loads(last).get("commit") if last else None
+    except (OSError, ValueError):
+        return None
+
+
+def run_commits(logdir: pathlib.Path | str) -> list[str]:
+    """The commits a run's steps ran on, in order (its config history); ['unrecorded'] for a run from before."""
+    import json
+
+    try:
+        lines = (pathlib.Path(logdir) / HISTORY_FILE).read_text().splitlines()
+        commits = [json.loads(line).get("commit", "unrecorded") for line in lines if line.strip()]
+    except (OSError, ValueError):
+        commits = []
+    return list(dict.fromkeys(commits)) or ["unrecorded"]
+
+
 def record_config(config: dict, logdir: pathlib.Path | str, step: int = 0) -> dict[str, tuple]:
     """Write `<logdir>/config.yaml` and keep the history of which config ran from which step.
 
@@ -244,12 +268,13 @@ def record_config(config: dict, logdir: pathlib.Path | str, step: int = 0) -> di
     current, history = logdir / "config.yaml", logdir / HISTORY_FILE
     old = YAML(typ="safe", pure=True).load(current.read_text()) if current.is_file() else None
     changes = config_changes(dict(old), dict(config)) if isinstance(old, dict) else {}
-    lines = []
+    lines, commit = [], tools.code_commit()
     if old is not None and not history.is_file():  # a run from before the history: its config ran first
         lines.append({"from_step": 0, "time": current.stat().st_mtime, "config": old, "changed": {}})
-    if old is None or changes or not history.is_file():
+    # A resume on other code is a line too: the history then says which commit ran which steps.
+    if old is None or changes or not history.is_file() or _last_commit(history) != commit:
         lines.append({"from_step": int(step), "time": time.time(), "config": dict(config),
-                      "changed": {k: list(v) for k, v in changes.items()}})
+                      "changed": {k: list(v) for k, v in changes.items()}, "commit": commit})
     if changes:
         shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
         print(f"warning: {logdir} continues at step {step} with a changed config: {shown} (earlier configs are kept "

@@ -5,24 +5,16 @@ import csv
 import io
 import json
 import pathlib
-import subprocess
 
 import numpy as np
 
+import configs
 import tools
 from analysis import paired, plots, stats
 from analysis.aggregate import Table
 
 SUCCESS_RULE = ("an episode succeeds when info['success'] is true at any step (success_any); success at the last "
                 "step (success_final) is reported beside it")
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=pathlib.Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def paired_rule(baseline: str | None, margin: float, seed: int, reps: int) -> str:
@@ -45,7 +37,8 @@ def protocol(table: Table, runs: list, seed: int, reps: int, pairing: str) -> di
             f"mean of the last {table.last} evaluations", "auc": "trapezoid area under the success curve divided "
             "by the evaluated step range", "ci": f"{int(stats.CI * 100)}% stratified bootstrap (rliable, "
             f"{reps} reps, numpy seed {seed})", "paired": pairing, "seeds": table.seeds, "targets": table.targets,
-            "commit": commit()}
+            # the code the runs ran (their config histories), not this checkout's: the report is remade the same
+            "commits": sorted({c for r in kept for c in configs.run_commits(r.path)})}
 
 
 def _fmt(estimate) -> str:

@@ -100,3 +100,21 @@ def test_cuda_request_without_cuda_is_an_error():
         pytest.skip("CUDA present")
     with pytest.raises(tools.UsageError, match="CUDA is not available"):
         tools.get_device("cuda:0")
+
+
+def test_the_config_history_names_the_commit_each_stretch_of_a_run_ran_on(tmp_path, monkeypatch):
+    import pathlib
+    import subprocess
+
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=pathlib.Path(configs.__file__).parent)
+    head = git.stdout.strip() if git.returncode == 0 else ""
+    config = configs.load_config(["--configs", "metaworld_state"])
+    configs.record_config(config, tmp_path)
+    here = tools.code_commit()
+    assert here in ((head, head + "-dirty") if head else ("unknown",)), (here, head)
+    configs.record_config(config, tmp_path, step=100)  # resumed on the same code: no new line
+    assert configs.run_commits(tmp_path) == [here]
+    monkeypatch.setattr(tools, "code_commit", lambda: "f" * 40)  # resumed on another checkout
+    configs.record_config(config, tmp_path, step=200)
+    assert configs.run_commits(tmp_path) == [here, "f" * 40]
+    assert configs.run_commits(tmp_path / "absent") == ["unrecorded"]
