@@ -1,0 +1,162 @@
+"""The gates of the handle-press study (docs/results/handle_press_near/PROTOCOL.md, "Gates"), read from the gate
+sweep's archived logs, written as GATES.md (and gates.json beside it).
+
+  python -m analysis.gates docs/results/handle_press_near/gates --out docs/results/handle_press_near/GATES.md
+
+G0 teachers plateaued: per task, the mean of `train/loss/<task>` over updates (2,700, 3,000] within 2% of the mean
+   over (2,400, 2,700] (the windows of a teacher's last 600 updates, scaled to its pretrain_iterations).
+G1 teachers know the target: at each gate student's first probe, probe/teacher_r2 >= probe/student_r2 + 0.05.
+G2 the term acts: the median of the gate students' logged train/distill/grad_share after prefill in [s/2, 2s].
+G3 relevance on the near views: the argmax shares of the three handle views, summed, averaged over each gate
+   student's second half, >= 0.67.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+import tools
+
+PLATEAU_TOLERANCE = 0.02
+PROBE_MARGIN = 0.05
+NEAR_VIEWS = ("metaworld_handle_press_side", "metaworld_handle_pull", "metaworld_handle_pull_side")
+NEAR_SHARE = 0.67
+
+
+def rows(run: pathlib.Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise tools.UsageError(f"{path}: cannot read ({err}); run the gate sweep first "
+                               f"(sweeps/specs/handle_press_near_gates.yaml)") from None
+
+
+def config(run: pathlib.Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load((run / "config.yaml").read_text())
+    except OSError as err:
+        raise tools.UsageError(f"{run / 'config.yaml'}: cannot read ({err})") from None
+
+
+def g0_plateau(teacher: pathlib.Path) -> dict:
+    """Per task: the means of the last two windows of 300 updates (of 3,000) and their relative change."""
+    total = int(config(teacher)["pretrain_iterations"])
+    width = total // 10
+    found = [r for r in rows(teacher) if "step" in r]
+    tasks = sorted({k.split("/", 2)[2] for r in found for k in r if k.startswith("train/loss/")})
+    out = {}
+    for task in tasks:
+        def mean(lo, hi):
+            values = [r[f"train/loss/{task}"] for r in found if lo < r["step"] <= hi and f"train/loss/{task}" in r]
+            return float(np.mean(values)) if values else float("nan")
+        late, early = mean(total - width, total), mean(total - 2 * width, total - width)
+        change = abs(late - early) / abs(early) if early else float("inf")
+        out[task] = {"early": early, "late": late, "change": change, "pass": bool(change <= PLATEAU_TOLERANCE)}
+    return {"windows": [total - 2 * width, total - width, total], "tasks": out,
+            "pass": bool(out) and all(t["pass"] for t in out.values())}
+
+
+def g1_probe(student: list[dict]) -> dict:
+    first = next((r for r in student if "probe/teacher_r2" in r and "probe/student_r2" in r), None)
+    if first is None:
+        return {"pass": False, "reason": "no probe row"}
+    teacher, own = first["probe/teacher_r2"], first["probe/student_r2"]
+    return {"step": first["step"], "teacher_r2": teacher, "student_r2": own,
+            "pass": bool(teacher >= own + PROBE_MARGIN)}
+
+
+def g2_share(student: list[dict], prefill: int, target: float) -> dict:
+    values = [r["train/distill/grad_share"] for r in student
+              if r.get("step", 0) > prefill and "train/distill/grad_share" in r]
+    median = float(np.median(values)) if values else float("nan")
+    return {"values": values, "median": median, "range": [target / 2, 2 * target],
+            "pass": bool(values) and target / 2 <= median <= 2 * target}
+
+
+def g3_relevance(student: list[dict], steps: int) -> dict:
+    late = [r for r in student if r.get("step", 0) > steps / 2 and "train/distill/relevance_entropy" in r]
+    # A view pruned away holds no position: its share is 0 from then on.
+    sums = [sum(r.get(f"train/distill/relevance_argmax_{v}", 0.0) for v in NEAR_VIEWS) for r in late]
+    mean = float(np.mean(sums)) if sums else float("nan")
+    return {"rows": len(sums), "near_share": mean, "pass": bool(sums) and mean >= NEAR_SHARE}
+
+
+def check_students(folder: pathlib.Path) -> dict:
+    out = {}
+    for run in sorted(p.parent for p in folder.glob("students/*/*/seed*/metrics.jsonl")):
+        c, found = config(run), rows(run)
+        if str(c.get("distill_weight")) != "auto":
+            raise tools.UsageError(f"{run}: G2 is defined for distill_weight auto, got {c.get('distill_weight')}")
+        out[run.name] = {"teacher": c.get("teacher_model_path"), "G1": g1_probe(found),
+                         "G2": g2_share(found, int(c["prefill"]), float(c["distill_share"])),
+                         "G3": g3_relevance(found, int(c["steps"]))}
+    return out
+
+
+def gates(folder: pathlib.Path) -> dict:
+    teachers = {p.parent.name: g0_plateau(p.parent) for p in sorted(folder.glob("teachers/*/metrics.jsonl"))}
+    students = check_students(folder)
+    if not teachers or not students:
+        raise tools.UsageError(f"{folder}: needs teachers/*/ and students/*/*/seed*/ runs (the gate sweep's archive)")
+    verdict = {"G0": all(t["pass"] for t in teachers.values())}
+    for gate in ("G1", "G2", "G3"):
+        verdict[gate] = all(s[gate]["pass"] for s in students.values())
+    return {"teachers": teachers, "students": students, "verdict": verdict, "pass": all(verdict.values())}
+
+
+def _mark(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+def markdown(result: dict, folder: pathlib.Path) -> str:
+    lines = ["# Gates of the handle-press study", "",
+             f"Made by `python -m analysis.gates {folder}` from the gate sweep's archived logs "
+             "(sweeps/specs/handle_press_near_gates.yaml); the rules are PROTOCOL.md's \"Gates\".", "",
+             "| gate | verdict |", "|---|---|"]
+    lines += [f"| {g} | {_mark(ok)} |" for g, ok in result["verdict"].items()]
+    lines += ["", f"**All gates: {_mark(result['pass'])}.**", "", "## G0 teachers plateaued", ""]
+    for name, t in result["teachers"].items():
+        a, b, c = t["windows"]
+        lines += [f"Teacher {name}: mean `train/loss/<task>` over updates ({a}, {b}] and ({b}, {c}]; "
+                  f"passes at a change ≤ {PLATEAU_TOLERANCE:.0%}.", "",
+                  "| task | earlier | later | change | verdict |", "|---|---|---|---|---|"]
+        lines += [f"| {task} | {v['early']:.2f} | {v['late']:.2f} | {v['change']:.1%} | {_mark(v['pass'])} |"
+                  for task, v in t["tasks"].items()]
+        lines.append("")
+    lines += ["## G1–G3 gate students", "",
+              "| student | teacher | G1 teacher R² | G1 student R² | G1 | G2 median r (range) | G2 | "
+              "G3 handle views' argmax share | G3 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in result["students"].items():
+        g1, g2, g3 = s["G1"], s["G2"], s["G3"]
+        teacher = pathlib.Path(str(s["teacher"])).parent.name
+        lo, hi = g2["range"]
+        lines.append(f"| {name} | {teacher} | {g1.get('teacher_r2', float('nan')):.3f} | "
+                     f"{g1.get('student_r2', float('nan')):.3f} | {_mark(g1['pass'])} | "
+                     f"{g2['median']:.3f} ({lo:.2f}–{hi:.2f}) | {_mark(g2['pass'])} | "
+                     f"{g3['near_share']:.3f} ({g3['rows']} rows) | {_mark(g3['pass'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run(args_list):
+        parser = tools.UsageParser(prog="python -m analysis.gates", description=__doc__.split("\n")[0])
+        parser.add_argument("folder", type=pathlib.Path, help="the gate sweep's archive (or sweep folder)")
+        parser.add_argument("--out", type=pathlib.Path, required=True, help="GATES.md to write (gates.json beside)")
+        args = parser.parse_args(args_list)
+        result = gates(args.folder)
+        text = markdown(result, args.folder)
+        tools.atomic_write(args.out.with_name("gates.json"),
+                           lambda f: f.write(json.dumps(result, indent=1, default=float).encode()))
+        tools.atomic_write(args.out, lambda f: f.write(text.encode()))
+        print(text)
+    return tools.run_main("python -m analysis.gates", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

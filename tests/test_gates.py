@@ -1,0 +1,63 @@
+"""analysis/gates.py on written logs with known answers: each gate passes and fails where its rule says."""
+import json
+
+import yaml
+
+from analysis import gates
+
+TASKS = ("metaworld_handle_press_side", "metaworld_handle_pull", "metaworld_reach")
+
+
+def write_run(folder, config, records):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def teacher(folder, late_loss):
+    """Losses 2.0 in (2400, 2700], `late_loss` for reach in (2700, 3000] (the other tasks stay at 2.0)."""
+    records = [{"step": s, **{f"train/loss/{t}": (late_loss if t == "metaworld_reach" and s > 2700 else 2.0)
+                              for t in TASKS}} for s in range(100, 3001, 100)]
+    records[0]["train/loss/metaworld_reach"] = 50.0  # the early rows do not count
+    write_run(folder, {"pretrain_iterations": 3000}, records)
+
+
+def student(folder, teacher_r2, share, near):
+    config = {"distill_weight": "auto", "distill_share": 0.5, "prefill": 500, "steps": 2000,
+              "teacher_model_path": str(folder.parents[3] / "teachers/A/teacher.pt")}
+    records = [{"step": 500, "train/distill/grad_share": 9.0},  # prefill: left out of G2
+               {"step": 1000, "probe/student_r2": 0.30, "probe/teacher_r2": teacher_r2},
+               *({"step": s, "train/distill/grad_share": share, "train/distill/relevance_entropy": 1.0,
+                  "train/distill/relevance_argmax_metaworld_handle_press_side": near / 2,
+                  "train/distill/relevance_argmax_metaworld_handle_pull": near / 2} for s in (1000, 1500, 2000))]
+    write_run(folder, config, records)
+
+
+def test_each_gate_passes_and_fails_by_its_rule(tmp_path):
+    teacher(tmp_path / "teachers/A", late_loss=2.03)   # 1.5%: plateaued
+    teacher(tmp_path / "teachers/B", late_loss=2.10)   # 5%: not
+    student(tmp_path / "students/handle_press/gate/seed200", teacher_r2=0.36, share=0.4, near=0.7)
+    student(tmp_path / "students/handle_press/gate/seed201", teacher_r2=0.33, share=1.2, near=0.6)
+    result = gates.gates(tmp_path)
+    assert result["teachers"]["A"]["pass"] and not result["teachers"]["B"]["pass"]
+    assert abs(result["teachers"]["B"]["tasks"]["metaworld_reach"]["change"] - 0.05) < 1e-9
+    a, b = result["students"]["seed200"], result["students"]["seed201"]
+    assert a["G1"]["pass"] and not b["G1"]["pass"]                 # 0.36 >= 0.30 + 0.05; 0.33 is not
+    assert a["G2"]["median"] == 0.4 and a["G2"]["pass"] and not b["G2"]["pass"]   # [0.25, 1.0]
+    assert abs(a["G3"]["near_share"] - 0.7) < 1e-9 and a["G3"]["rows"] == 2   # the rows after step 1,000
+    assert a["G3"]["pass"] and not b["G3"]["pass"]
+    assert result["verdict"] == {"G0": False, "G1": False, "G2": False, "G3": False} and not result["pass"]
+
+
+def test_the_report_is_written_and_a_missing_folder_is_one_line(tmp_path, capsys):
+    teacher(tmp_path / "teachers/A", late_loss=2.0)
+    student(tmp_path / "students/handle_press/gate/seed200", teacher_r2=0.5, share=0.5, near=0.9)
+    out = tmp_path / "GATES.md"
+    assert gates.main([str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "**All gates: pass.**" in text and "| seed200 | A | 0.500 | 0.300 | pass |" in text, text
+    assert json.loads((tmp_path / "gates.json").read_text())["pass"] is True
+    capsys.readouterr()
+    assert gates.main([str(tmp_path / "absent"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gate sweep" in err[0], err
