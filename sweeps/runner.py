@@ -8,6 +8,7 @@ marker and the summary number the attempts alike and name the node of each.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import re
@@ -54,6 +55,9 @@ def _connect(address: str | None, num_cpus: int | None, num_gpus: int | None) ->
     # Ray starts its workers at niceness 15: on a machine shared with other work the sweep's stage
     # scripts then get only the CPU nobody else wants. Jobs run at the driver's priority instead.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray warns on every local start that it enabled token authentication by default; that default is what a
+    # sweep wants (choosing it explicitly with RAY_AUTH_MODE=token locks the sweep's own workers out).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
             # address="local": a new Ray, whatever RAY_ADDRESS or Ray's temp folder name (a cluster, a dead one)

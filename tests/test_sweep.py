@@ -104,6 +104,7 @@ def test_sweep_finishes_survives_a_killed_job_and_is_idempotent(tmp_path):
         end_session(process)
     watcher.join(1)
     assert process.returncode == 0, out
+    assert "Token authentication is enabled" not in out, out  # Ray's default, chosen explicitly: no warning
     assert killed, "the victim was never killed mid-run"
     assert "=== attempt 2" in (victim.parent / "seed0.log").read_text()
     for method in ("dreamer", "comet"):
