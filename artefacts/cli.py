@@ -52,6 +52,9 @@ def evaluate(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", default="", help="evaluate on another task (default: the checkpoint's)")
     parser.add_argument("--envs", type=int, default=1, help="eval envs stepped together")
+    parser.add_argument("--goal_set", type=int, default=None,
+                        help="start the episodes from fixed goal set N's first evaluation (a study's --eval_goal_seed; "
+                             "docs/evaluation.md), the same whatever --seed; default: positions drawn by --seed")
     parser.add_argument("--out", default="", help="output folder (default: <checkpoint dir>/eval_seed<seed>)")
     parser.add_argument("--logdir", default="", help="also write the numbers to TensorBoard here")
     parser.add_argument("--video_episodes", type=int, default=3, help="film this many of the first episodes (0: none)")
@@ -66,9 +69,11 @@ def evaluate(argv=None) -> None:
         raise student.ArtefactError(f"--episodes must be >= 1, got {args.episodes}")
     if args.video_episodes < 0:
         raise student.ArtefactError(f"--video_episodes must be >= 0, got {args.video_episodes}")
+    if args.goal_set is not None and args.goal_set < 0:
+        raise student.ArtefactError(f"--goal_set must be >= 0, got {args.goal_set}")
     payload = student.read(args.checkpoint)
     eps, videos, protocol = evaluation.run(payload, args.episodes, args.seed, args.task or None, args.envs,
-                                           film=args.video_episodes)
+                                           film=args.video_episodes, goal_set=args.goal_set)
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent / f"eval_seed{args.seed}")
     summary = evaluation.write(out, args.checkpoint, eps, videos, protocol, args.logdir or None)
     print(f"{args.checkpoint}: {args.episodes} episode(s) on {protocol['task']}: success (any step) "

@@ -31,10 +31,13 @@ def actor_for(payload: dict, device: str = "cpu"):
     return student.build_agent(payload, device), "student Agent.policy: mode action, sampled posterior"
 
 
-def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: int = 0):
-    """(episodes, frames of the first `film` episodes: one uint8 (T + 1, H, W, 3) array each, protocol dict)."""
+def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n: int = 1, film: int = 0,
+        goal_set: int | None = None):
+    """(episodes, frames of the first `film` episodes: one uint8 (T + 1, H, W, 3) array each, protocol dict).
+    `goal_set` N: the episodes start from the positions of the first evaluation on fixed goal set N (what a
+    training run with `--eval_goals fixed --eval_goal_seed N` saw first), else from the env seeds."""
     import envs
-    from training.evaluation import evaluate
+    from training.evaluation import evaluate, goal_rule
     from models.world_model import OBS_KEYS
 
     config = dict(payload["config"])
@@ -47,11 +50,14 @@ def run(payload: dict, episodes: int, seed: int, task: str | None = None, envs_n
     vec = envs.VecEnv(config, task, envs_n, seed=seed)
     try:
         videos = []
-        eps = evaluate(actor, vec, episodes, OBS_KEYS[config["obs"]], videos=videos, film=film)
+        goals = (goal_set, 0) if goal_set is not None else None
+        eps = evaluate(actor, vec, episodes, OBS_KEYS[config["obs"]], videos=videos, film=film, goals=goals)
     finally:
         vec.close()
     protocol = {"task": task, "trained_task": config["task"], "episodes": episodes, "seed": seed,
                 "env_seeds": f"{seed} + env index, {envs_n} env(s), episodes in turn", "policy": how,
+                "goals": goal_rule({"eval_goals": "fixed", "eval_goal_seed": goal_set}) + " (evaluation 0)"
+                if goal_set is not None else "drawn by the env seeds",
                 "obs": config["obs"], "action_repeat": config["action_repeat"], "time_limit": config["time_limit"],
                 "success_rules": SUCCESS_RULES, "checkpoint_step": int(payload.get("step", 0))}
     return eps, videos, protocol

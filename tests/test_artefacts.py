@@ -175,3 +175,15 @@ def test_exported_policy_gives_the_checkpoints_actions_without_the_repository(tr
                    cwd=tmp_path, env=env, check=True, capture_output=True)
     actions = torch.load(tmp_path / "act.pt").numpy()
     assert np.array_equal(actions, ref[: len(actions)]) and len(actions) == len(recorded[0]["is_first"])
+
+
+def test_evaluate_on_a_fixed_goal_set_sees_the_training_runs_first_goals_whatever_its_seed(trained):
+    payload = trained[1]
+    starts = {}
+    for seed in (1, 2):
+        for goal_set in (None, 0):
+            eps, _, protocol = evaluation.run(payload, 2, seed=seed, goal_set=goal_set)
+            starts[seed, goal_set] = np.stack([ep["state"][0] for ep in eps])
+    assert np.array_equal(starts[1, 0], starts[2, 0])          # the goal set fixes the positions
+    assert not np.array_equal(starts[1, None], starts[2, None])  # the seed draws them otherwise
+    assert "fixed goal set 0" in protocol["goals"], protocol
