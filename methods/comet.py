@@ -106,7 +106,8 @@ class Comet(TeacherMethod):
             return self._latent_loss(self.teacher_features(data), s, None)
         _, states = self.teacher_features(data, return_states=True)  # (V, B, T, ...)
         t = teacher_predictions(self.teacher, states, data, self.active_ids, self.horizon, self.sample)
-        s, valid = student_predictions(wm.dynamics, post, data, self.horizon)  # (M, k, Fs), (M, k)
+        with wm.autocast():  # the student's own precision: its posterior holds bf16 parts under precision 16
+            s, valid = student_predictions(wm.dynamics, post, data, self.horizon)  # (M, k, Fs), (M, k)
         return self._latent_loss(t, s, valid)
 
     def _latent_loss(self, t: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None):

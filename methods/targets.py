@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from models.networks import TaskBlocks
+from models.world_model import float32
 
 TARGETS = ("posterior", "prior", "open_loop")
 
@@ -74,6 +75,7 @@ def teacher_predictions(teacher, states: dict, data: dict, tasks, k: int, sample
     m = actions.shape[0]
     start = {key: x.flatten(0, 1) for key, x in starts(states, k, 2).items()}  # (V*M, ...)
     tiled = actions.unsqueeze(0).expand(v, *actions.shape).reshape(v * m, k, -1)
-    with teacher.autocast():
+    # float32 as the teacher's filtering (task_features): rounding errors would compound over the k steps.
+    with float32(actions.device):
         feats = rollout(teacher.dynamics, start, tiled, TaskBlocks(tasks, m), sample)
     return feats.float().reshape(v, m, k, -1)

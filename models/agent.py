@@ -46,7 +46,7 @@ class Agent:
         self.distill_opt = None
         self.updates = 0  # completed calls of train()
         self.share_every = int(c.get("grad_share_every", 0))  # world-model updates between gradient-share reads
-        self._wm_updates = 0  # calls of train_world_model in this process (paces the gradient-share reads)
+        self._wm_updates = 0  # calls of train_world_model (paces the gradient-share reads; checkpointed)
         # Skipped updates in a row and the longest such run since the last check (device tensors, made lazily).
         self._nonfinite = self._worst_run = None
         self._wm_ok = None  # whether the last world-model update was taken (device bool), gating the behavior
@@ -212,6 +212,7 @@ class Agent:
             "behavior": self.behavior.state_dict(),
             "optimizers": {"wm": self.wm_opt.state_dict(), **self.behavior.optimizer_state()},
             "updates": self.updates,
+            "wm_updates": self._wm_updates,  # paces the gradient-share reads: a resume keeps their schedule
         }
         if self.distiller is not None:
             state["distiller"] = self.distiller.state_dict()
@@ -235,6 +236,7 @@ class Agent:
             if self.distill_opt is not None:
                 self.distill_opt.load_state_dict(state["optimizers"]["distiller"])
         self.updates = int(state["updates"])
+        self._wm_updates = int(state.get("wm_updates", self.updates))  # older checkpoints: one per update
 
     def train_mode(self, training: bool = True) -> None:
         """Set train/eval mode of every module (matters only for layers like dropout/batch norm)."""
@@ -249,6 +251,12 @@ def compile_agent(agent: Agent) -> None:
     steps of the world model. Acting uses the same compiled observe step."""
     from models.world_model import compile_model
 
+    if agent.distiller is not None and agent.share_every > 0:
+        # The gradient share (models/grad_share.py) backpropagates one loss part with retain_graph=True through
+        # the compiled steps before the full backward; AOTAutograd's donated buffers (reused in the first
+        # backward) forbid a second one. A process-wide setting, read when a graph compiles: set only where
+        # needed, since donation saves memory everywhere else.
+        torch._functorch.config.donated_buffer = False
     compile_model(agent.wm)
     teacher = getattr(agent.distiller, "teacher", None)
     if isinstance(teacher, nn.Module):

@@ -81,6 +81,12 @@ class CapturedUpdate:
         self.replays += 1
         return copy_out(static_out)
 
+    def forget(self, keep: Callable[[Hashable], bool]) -> None:
+        """Drop the graphs (and warm-up counts) of the keys `keep` rejects, which will not come again: their slots
+        go to the keys that will (with `max_graphs` full, every new key would run eagerly)."""
+        self.graphs = {k: g for k, g in self.graphs.items() if keep(k)}
+        self.eager_calls = collections.Counter({k: n for k, n in self.eager_calls.items() if keep(k)})
+
     @staticmethod
     def _side_stream(thunk):
         stream = torch.cuda.Stream()
@@ -170,7 +176,7 @@ class StudentGraphs:
 
     def __init__(self, agent, train: Callable[[dict, int], dict]):
         self.agent, self.train_eager = agent, train
-        self.step = 0
+        self.step, self.views = 0, None
         d, b = agent.distiller, agent.behavior
         teacher = getattr(d, "teacher", None)
         optimizers = [o for o in (agent.wm_opt, b.actor_opt, b.critic_opt, agent.distill_opt) if o is not None]
@@ -198,6 +204,9 @@ class StudentGraphs:
         if self.prune_due():
             return self.train_eager(data, step)
         key, self.step = self.key(), step
+        if key[2] != self.views:  # pruned: the graphs of the earlier active views never replay again
+            self.captured.forget(lambda k: k[2] == key[2])
+            self.views = key[2]
         self.host.start()
         out = self.captured(data, key)
         self.host.finish(key, replayed=not self.captured.ran_python)

@@ -201,10 +201,6 @@ class RSSM(nn.Module):
         and `dynamic=False` keeps every graph at fixed shapes (what graph capture needs).
         """
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        # A distilling student's gradient share (models/grad_share.py) backpropagates one loss part with
-        # retain_graph=True through these steps before the full backward; AOTAutograd's donated buffers
-        # (reused in the first backward) forbid a second one.
-        torch._functorch.config.donated_buffer = False
         options = {"fullgraph": True, "dynamic": False, **options}
         # obs_step's graph inlines img_step (the eager method): one graph per call.
         self._compiled = {"obs": torch.compile(self.obs_step, **options),

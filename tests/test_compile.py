@@ -219,7 +219,7 @@ def test_compiled_student_update_equals_eager(distill, grad_share_every=0):
         assert_close_dicts(c, e, f"optimizer step {i} gradient")
 
 
-@pytest.mark.xfail(strict=True, reason="compiled vs eager with the gradient share measured: model grad norm differs "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="compiled vs eager with the gradient share measured: model grad norm differs "
                                         "by 0.3% and r by 4% (seen, not yet diagnosed); --compile with distillation is "
                                         "not verified until this passes")
 def test_compiled_update_with_grad_share():

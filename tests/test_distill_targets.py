@@ -117,3 +117,21 @@ def test_target_is_part_of_the_distiller_state_so_a_resume_with_another_one_is_r
     assert "distill_target" not in posterior.get_extra_state()  # older checkpoints resume unchanged
     with pytest.raises(MethodError, match="distill_target"):
         posterior.load_state_dict(prior.state_dict())
+
+
+@pytest.mark.parametrize("target", ["prior", "open_loop"])
+def test_transition_targets_run_with_a_bf16_student(monkeypatch, target):
+    """A precision-16 student on a device with native bf16 (assumed here, so CPU autocast is live): its posterior
+    holds bf16 and float32 parts; the k-step rollout from it runs in the student's own autocast, not in a
+    float32 layer fed bf16 (which raised 'mat1 and mat2 must have the same dtype' at the first update)."""
+    import tools
+
+    monkeypatch.setattr(tools, "native_bf16", lambda device: True)
+    _, teacher, wm, d = make_pair(2, "--distill_target", target, "--distill_horizon", "2", "--precision", "16")
+    data = wm.preprocess(make_batch(3))
+    _, _, post = wm.loss(data)
+    assert {x.dtype for x in post.values()} != {torch.float32}, "autocast must be live for this check"
+    loss, metrics = d.world_model_loss(data, post, wm, 0)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and metrics["distill/loss"] > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.dynamics.prior_head.parameters())

@@ -15,7 +15,7 @@ import torch
 
 import tools
 from models.agent import Agent
-from models.graphs import HostCounters, capture_student, constant_schedule
+from models.graphs import CapturedUpdate, HostCounters, capture_student, constant_schedule
 from tests.test_compile import student, teacher
 from tests.test_distill import make_config
 from tests.test_pretrain import args as pretrain_args, collect_sources, records
@@ -105,6 +105,34 @@ def test_captured_student_updates_equal_eager(cuda_device, distill):
     assert_same(runs[True][0], runs[False][0], "metric")
     for name, value in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_forgotten_keys_give_their_graph_slots_back():
+    """After a prune the keys of the earlier active views never come again; forgetting them lets the new views'
+    keys be captured (with `max_graphs` full they would run eagerly for the rest of the run)."""
+    captured = CapturedUpdate(lambda inputs: inputs, warmup=1, max_graphs=2)
+    captured.graphs = {(True, False, (0, 1, 2)): "graph a", (False, False, (0, 1, 2)): "graph b"}
+    captured.eager_calls.update({(True, True, (0, 1, 2)): 1, (False, False, (0, 2)): 1})
+    captured.forget(lambda key: key[2] == (0, 2))
+    assert captured.graphs == {} and dict(captured.eager_calls) == {(False, False, (0, 2)): 1}
+
+
+@pytest.mark.device
+def test_a_pruned_student_keeps_only_graphs_of_its_current_views(cuda_device):
+    from bench.common import random_student_batch
+    from methods import build_method
+
+    config = make_config("--device", str(cuda_device))
+    torch.manual_seed(0)
+    agent = Agent(config, None, 4, cuda_device)
+    frozen = teacher(seed=1).to(cuda_device).eval()
+    agent.attach_distiller(build_method({**config, "prune_every": 4, "min_active_tasks": 1}, frozen,
+                                        agent.wm.feat_size, verbose=False))
+    graphs = capture_student(agent)
+    updates_of(agent, random_student_batch(agent.config, agent.wm.obs_shapes), updates=20)
+    views = tuple(agent.distiller.active_ids)
+    assert len(views) < frozen.n_tasks, "no prune happened: the check needs one"
+    assert graphs.captured.graphs and {key[2] for key in graphs.captured.graphs} == {views}, graphs.captured.graphs
 
 
 def student_on(device, distill: bool) -> Agent:

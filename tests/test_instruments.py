@@ -67,6 +67,15 @@ def test_gradient_share_is_measured_only_every_n_updates_and_not_without_a_world
     assert grad_share.SHARE not in plain.train_world_model(make_batch(0), 0)[2]
 
 
+def test_a_resumed_agent_measures_the_share_on_the_same_updates_as_an_uninterrupted_one():
+    _, agent = make_agent("--grad_share_every", "3")
+    first = [grad_share.SHARE in agent.train_world_model(make_batch(i), i)[2] for i in range(4)]
+    _, resumed = make_agent("--grad_share_every", "3")
+    resumed.load_state_dict(agent.state_dict())
+    later = [grad_share.SHARE in resumed.train_world_model(make_batch(i), i)[2] for i in range(4, 7)]
+    assert first + later == [True, False, False, True, False, False, True]
+
+
 def test_gradient_share_grows_linearly_with_the_weight_on_the_same_batch():
     shares = {}
     for weight in (1.0, 10.0):

@@ -4,7 +4,6 @@ The losses are the method's (methods/critic.py); the loop is here."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import configs
 from methods.base import MethodError
@@ -38,10 +37,7 @@ def warmup(method, agent, batches, log=print) -> dict:
     for i in range(start, method.warmup_updates):
         data = wm.preprocess(batches.sample(i))
         loss, metrics, post = wm.loss(data)
-        agent.wm_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(wm.parameters(), c["model_grad_clip"])
-        agent.wm_opt.step()
+        Behavior.optimizer_step(agent.wm_opt, wm, loss, c["model_grad_clip"])  # a non-finite update is skipped
         feat = wm.dynamics.get_feat(post).detach()
         actor_loss = method.ascend(data, feat, beh.actor, data["task"])[0]
         Behavior.optimizer_step(beh.actor_opt, beh.actor, actor_loss, c["actor_grad_clip"])
