@@ -4,7 +4,7 @@ sweep's archived logs, written as GATES.md (and gates.json beside it).
   python -m analysis.gates docs/results/handle_press_near/gates --out docs/results/handle_press_near/GATES.md
 
 G0 teachers plateaued: per task, the mean of `train/loss/<task>` over updates (2,700, 3,000] within 2% of the mean
-   over (2,400, 2,700] (the windows of a teacher's last 600 updates, scaled to its pretrain_iterations).
+   over (2,400, 2,700]: a teacher's last two windows of 300 updates (at 6,000 updates: (5,400, 5,700], (5,700, 6,000]).
 G1 teachers know the target: at each gate student's first probe, probe/teacher_r2 >= probe/student_r2 + 0.05.
 G2 the term acts: the median of the gate students' logged train/distill/grad_share after prefill in [s/2, 2s].
 G3 relevance on the near views: the argmax shares of the three handle views, summed, averaged over each gate
@@ -21,6 +21,7 @@ import numpy as np
 import tools
 
 PLATEAU_TOLERANCE = 0.02
+PLATEAU_WINDOW = 300  # updates per window; after a doubling the same windows at the longer run's end
 PROBE_MARGIN = 0.05
 NEAR_VIEWS = ("metaworld_handle_press_side", "metaworld_handle_pull", "metaworld_handle_pull_side")
 NEAR_SHARE = 0.67
@@ -45,9 +46,8 @@ def config(run: pathlib.Path) -> dict:
 
 
 def g0_plateau(teacher: pathlib.Path) -> dict:
-    """Per task: the means of the last two windows of 300 updates (of 3,000) and their relative change."""
-    total = int(config(teacher)["pretrain_iterations"])
-    width = total // 10
+    """Per task: the means of the teacher's last two windows of PLATEAU_WINDOW updates and their relative change."""
+    total, width = int(config(teacher)["pretrain_iterations"]), PLATEAU_WINDOW
     found = [r for r in rows(teacher) if "step" in r]
     tasks = sorted({k.split("/", 2)[2] for r in found for k in r if k.startswith("train/loss/")})
     out = {}
