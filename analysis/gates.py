@@ -1,7 +1,8 @@
 """The gates of the handle-press study (docs/results/handle_press_near/PROTOCOL.md, "Gates"), read from the gate
 sweep's archived logs, written as GATES.md (and gates.json beside it).
 
-  python -m analysis.gates docs/results/handle_press_near/gates --out docs/results/handle_press_near/GATES.md
+  python -m analysis.gates docs/results/handle_press_near/gates --teachers docs/results/handle_press_near/teachers \
+      --out docs/results/handle_press_near/GATES.md
 
 G0 teachers plateaued: per task, the mean of `train/loss/<task>` over updates (2,700, 3,000] within 2% of the mean
    over (2,400, 2,700]: a teacher's last two windows of 300 updates (at 6,000 updates: (5,400, 5,700], (5,700, 6,000]).
@@ -99,11 +100,15 @@ def check_students(folder: pathlib.Path) -> dict:
     return out
 
 
-def gates(folder: pathlib.Path) -> dict:
-    teachers = {p.parent.name: g0_plateau(p.parent) for p in sorted(folder.glob("teachers/*/metrics.jsonl"))}
+def gates(folder: pathlib.Path, teachers_folder: pathlib.Path | None = None) -> dict:
+    """G0 on the teachers under `teachers_folder` (default: <folder>/teachers), G1-G3 on the gate students under
+    <folder>/students."""
+    found = sorted((teachers_folder or folder / "teachers").glob("*/metrics.jsonl"))
+    teachers = {p.parent.name: g0_plateau(p.parent) for p in found}
     students = check_students(folder)
     if not teachers or not students:
-        raise tools.UsageError(f"{folder}: needs teachers/*/ and students/*/*/seed*/ runs (the gate sweep's archive)")
+        raise tools.UsageError(f"{folder}: needs teacher runs (teachers/*/ or --teachers) and gate students "
+                               f"(students/*/*/seed*/): the gate sweep's archive")
     verdict = {"G0": all(t["pass"] for t in teachers.values())}
     for gate in ("G1", "G2", "G3"):
         verdict[gate] = all(s[gate]["pass"] for s in students.values())
@@ -114,9 +119,10 @@ def _mark(ok: bool) -> str:
     return "pass" if ok else "**FAIL**"
 
 
-def markdown(result: dict, folder: pathlib.Path) -> str:
+def markdown(result: dict, folder: pathlib.Path, teachers: pathlib.Path | None = None) -> str:
+    command = f"python -m analysis.gates {folder}" + (f" --teachers {teachers}" if teachers else "")
     lines = ["# Gates of the handle-press study", "",
-             f"Made by `python -m analysis.gates {folder}` from the gate sweep's archived logs "
+             f"Made by `{command}` from the gate sweep's archived logs "
              "(sweeps/specs/handle_press_near_gates.yaml); the rules are PROTOCOL.md's \"Gates\".", "",
              "| gate | verdict |", "|---|---|"]
     lines += [f"| {g} | {_mark(ok)} |" for g, ok in result["verdict"].items()]
@@ -148,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         parser = tools.UsageParser(prog="python -m analysis.gates", description=__doc__.split("\n")[0])
         parser.add_argument("folder", type=pathlib.Path, help="the gate sweep's archive (or sweep folder)")
         parser.add_argument("--out", type=pathlib.Path, required=True, help="GATES.md to write (gates.json beside)")
+        parser.add_argument("--teachers", type=pathlib.Path, default=None,
+                            help="folder of the teacher runs (default: FOLDER/teachers), e.g. the study's archive's")
         args = parser.parse_args(args_list)
-        result = gates(args.folder)
-        text = markdown(result, args.folder)
+        result = gates(args.folder, args.teachers)
+        text = markdown(result, args.folder, args.teachers)
         tools.atomic_write(args.out.with_name("gates.json"),
                            lambda f: f.write(json.dumps(result, indent=1, default=float).encode()))
         tools.atomic_write(args.out, lambda f: f.write(text.encode()))

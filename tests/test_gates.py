@@ -50,10 +50,10 @@ def test_each_gate_passes_and_fails_by_its_rule(tmp_path):
 
 
 def test_the_report_is_written_and_a_missing_folder_is_one_line(tmp_path, capsys):
-    teacher(tmp_path / "teachers/A", late_loss=2.0)
+    teacher(tmp_path / "archive/teachers/A", late_loss=2.0)  # the teachers kept with the study's own archive
     student(tmp_path / "students/handle_press/gate/seed200", teacher_r2=0.5, share=0.5, near=0.9)
     out = tmp_path / "GATES.md"
-    assert gates.main([str(tmp_path), "--out", str(out)]) == 0
+    assert gates.main([str(tmp_path), "--teachers", str(tmp_path / "archive/teachers"), "--out", str(out)]) == 0
     text = out.read_text()
     assert "**All gates: pass.**" in text and "| seed200 | A | 0.500 | 0.300 | pass |" in text, text
     assert json.loads((tmp_path / "gates.json").read_text())["pass"] is True
