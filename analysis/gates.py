@@ -4,8 +4,9 @@ sweep's archived logs, written as GATES.md (and gates.json beside it).
   python -m analysis.gates docs/results/handle_press_near/gates --teachers docs/results/handle_press_near/teachers \
       --out docs/results/handle_press_near/GATES.md
 
-G0 teachers plateaued: per task, the mean of `train/loss/<task>` over updates (2,700, 3,000] within 2% of the mean
-   over (2,400, 2,700]: a teacher's last two windows of 300 updates (at 6,000 updates: (5,400, 5,700], (5,700, 6,000]).
+G0 teachers plateaued, as amended (A1): per task, the least-squares slope of `train/loss/<task>` over the teacher's
+   last 1,500 updates, relative to its mean there, at most 1% per 300 updates. The registered rule (the last two
+   300-update windows' means within 2%) is reported beside it.
 G1 teachers know the target: at each gate student's first probe, probe/teacher_r2 >= probe/student_r2 + 0.05.
 G2 the term acts: the median of the gate students' logged train/distill/grad_share after prefill in [s/2, 2s].
 G3 relevance on the near views: the argmax shares of the three handle views, summed, averaged over each gate
@@ -23,6 +24,7 @@ import tools
 
 PLATEAU_TOLERANCE = 0.02
 PLATEAU_WINDOW = 300  # updates per window; after a doubling the same windows at the longer run's end
+SLOPE_SPAN, SLOPE_TOLERANCE = 1500, 0.01  # amendment A1: |relative slope| per 300 updates over the last 1,500
 PROBE_MARGIN = 0.05
 NEAR_VIEWS = ("metaworld_handle_press_side", "metaworld_handle_pull", "metaworld_handle_pull_side")
 NEAR_SHARE = 0.67
@@ -47,19 +49,27 @@ def config(run: pathlib.Path) -> dict:
 
 
 def g0_plateau(teacher: pathlib.Path) -> dict:
-    """Per task: the means of the teacher's last two windows of PLATEAU_WINDOW updates and their relative change."""
+    """Per task: the registered windows rule (the means of the last two windows of PLATEAU_WINDOW updates and their
+    relative change) and amendment A1's slope rule (the least-squares slope over the last SLOPE_SPAN updates,
+    relative to the mean there, per PLATEAU_WINDOW updates), which decides."""
     total, width = int(config(teacher)["pretrain_iterations"]), PLATEAU_WINDOW
     found = [r for r in rows(teacher) if "step" in r]
     tasks = sorted({k.split("/", 2)[2] for r in found for k in r if k.startswith("train/loss/")})
     out = {}
     for task in tasks:
+        key = f"train/loss/{task}"
+        points = np.array([(r["step"], r[key]) for r in found if key in r], float).reshape(-1, 2)
         def mean(lo, hi):
-            values = [r[f"train/loss/{task}"] for r in found if lo < r["step"] <= hi and f"train/loss/{task}" in r]
-            return float(np.mean(values)) if values else float("nan")
+            inside = points[(points[:, 0] > lo) & (points[:, 0] <= hi), 1]
+            return float(inside.mean()) if len(inside) else float("nan")
         late, early = mean(total - width, total), mean(total - 2 * width, total - width)
         change = abs(late - early) / abs(early) if early else float("inf")
-        out[task] = {"early": early, "late": late, "change": change, "pass": bool(change <= PLATEAU_TOLERANCE)}
-    return {"windows": [total - 2 * width, total - width, total], "tasks": out,
+        tail = points[points[:, 0] > total - SLOPE_SPAN]
+        slope = (float(np.polyfit(tail[:, 0], tail[:, 1], 1)[0] * width / tail[:, 1].mean())
+                 if len(tail) >= 3 else float("nan"))
+        out[task] = {"early": early, "late": late, "change": change, "slope": slope,
+                     "pass": bool(abs(slope) <= SLOPE_TOLERANCE)}
+    return {"windows": [total - 2 * width, total - width, total], "slope_from": total - SLOPE_SPAN, "tasks": out,
             "pass": bool(out) and all(t["pass"] for t in out.values())}
 
 
@@ -129,11 +139,14 @@ def markdown(result: dict, folder: pathlib.Path, teachers: pathlib.Path | None =
     lines += ["", f"**All gates: {_mark(result['pass'])}.**", "", "## G0 teachers plateaued", ""]
     for name, t in result["teachers"].items():
         a, b, c = t["windows"]
-        lines += [f"Teacher {name}: mean `train/loss/<task>` over updates ({a}, {b}] and ({b}, {c}]; "
-                  f"passes at a change ≤ {PLATEAU_TOLERANCE:.0%}.", "",
-                  "| task | earlier | later | change | verdict |", "|---|---|---|---|---|"]
-        lines += [f"| {task} | {v['early']:.2f} | {v['late']:.2f} | {v['change']:.1%} | {_mark(v['pass'])} |"
-                  for task, v in t["tasks"].items()]
+        lines += [f"Teacher {name}: the slope of `train/loss/<task>` over updates ({t['slope_from']}, {c}] per "
+                  f"{PLATEAU_WINDOW} updates, relative to its mean there (amendment A1: passes at ≤ "
+                  f"{SLOPE_TOLERANCE:.0%}); beside it the registered rule, the means over ({a}, {b}] and ({b}, {c}] "
+                  f"(≤ {PLATEAU_TOLERANCE:.0%} apart).", "",
+                  "| task | slope per 300 updates | verdict (A1) | earlier window | later window | change (registered) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {task} | {v['slope']:+.2%} | {_mark(v['pass'])} | {v['early']:.2f} | {v['late']:.2f} | "
+                  f"{v['change']:.1%} |" for task, v in t["tasks"].items()]
         lines.append("")
     lines += ["## G1–G3 gate students", "",
               "| student | teacher | G1 teacher R² | G1 student R² | G1 | G2 median r (range) | G2 | "
