@@ -7,7 +7,8 @@ sweep's archived logs, written as GATES.md (and gates.json beside it).
 G0 teachers plateaued, as amended (A1): per task, the least-squares slope of `train/loss/<task>` over the teacher's
    last 1,500 updates, relative to its mean there, at most 1% per 300 updates. The registered rule (the last two
    300-update windows' means within 2%) is reported beside it.
-G1 teachers know the target: at each gate student's first probe, probe/teacher_r2 >= probe/student_r2 + 0.05.
+G1 teachers know the target: at each gate student's probe at 1,000 env steps, probe/teacher_r2 >= probe/student_r2
+   + 0.05.
 G2 the term acts: the median of the gate students' logged train/distill/grad_share after prefill in [s/2, 2s].
 G3 relevance on the near views: the argmax shares of the three handle views, summed, averaged over each gate
    student's second half, >= 0.67.
@@ -26,6 +27,7 @@ PLATEAU_TOLERANCE = 0.02
 PLATEAU_WINDOW = 300  # updates per window; after a doubling the same windows at the longer run's end
 SLOPE_SPAN, SLOPE_TOLERANCE = 1500, 0.01  # amendment A1: |relative slope| per 300 updates over the last 1,500
 PROBE_MARGIN = 0.05
+PROBE_STEP = 1000
 NEAR_VIEWS = ("metaworld_handle_press_side", "metaworld_handle_pull", "metaworld_handle_pull_side")
 NEAR_SHARE = 0.67
 
@@ -74,7 +76,10 @@ def g0_plateau(teacher: pathlib.Path) -> dict:
 
 
 def g1_probe(student: list[dict]) -> dict:
-    first = next((r for r in student if "probe/teacher_r2" in r and "probe/student_r2" in r), None)
+    """The probe at 1,000 env steps, the step PROTOCOL.md names (the first probe at or after it: a run whose
+    probe_every was scaled to its length probes earlier too, inside the random prefill)."""
+    first = next((r for r in student if "probe/teacher_r2" in r and "probe/student_r2" in r
+                  and r.get("step", 0) >= PROBE_STEP), None)
     if first is None:
         return {"pass": False, "reason": "no probe row"}
     teacher, own = first["probe/teacher_r2"], first["probe/student_r2"]

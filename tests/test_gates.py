@@ -31,7 +31,8 @@ def teacher(folder, decline):
 def student(folder, teacher_r2, share, near):
     config = {"distill_weight": "auto", "distill_share": 0.5, "prefill": 500, "steps": 2000,
               "teacher_model_path": str(folder.parents[3] / "teachers/A/teacher.pt")}
-    records = [{"step": 500, "train/distill/grad_share": 9.0},  # prefill: left out of G2
+    records = [{"step": 334, "probe/student_r2": 0.9, "probe/teacher_r2": 0.0},  # before 1,000 steps: not G1's
+               {"step": 500, "train/distill/grad_share": 9.0},  # prefill: left out of G2
                {"step": 1000, "probe/student_r2": 0.30, "probe/teacher_r2": teacher_r2},
                *({"step": s, "train/distill/grad_share": share, "train/distill/relevance_entropy": 1.0,
                   "train/distill/relevance_argmax_metaworld_handle_press_side": near / 2,
