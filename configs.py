@@ -229,27 +229,20 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     return changes
 
 
-def _last_commit(history: pathlib.Path) -> str | None:
-    """The commit the last line of a config history names (None before commits were recorded)."""
+def _commits(history: pathlib.Path) -> list[str]:
+    """The commit of each line of a config history, in order ('unrecorded' for lines from before the record)."""
     import json
 
     try:
-        last = history.read_text().strip().rsplit("\n", 1)[-1]
-        return json.loads(last).get("commit") if last else None
+        lines = history.read_text().splitlines()
+        return [json.loads(line).get("commit", "unrecorded") for line in lines if line.strip()]
     except (OSError, ValueError):
-        return None
+        return []
 
 
 def run_commits(logdir: pathlib.Path | str) -> list[str]:
     """The commits a run's steps ran on, in order (its config history); ['unrecorded'] for a run from before."""
-    import json
-
-    try:
-        lines = (pathlib.Path(logdir) / HISTORY_FILE).read_text().splitlines()
-        commits = [json.loads(line).get("commit", "unrecorded") for line in lines if line.strip()]
-    except (OSError, ValueError):
-        commits = []
-    return list(dict.fromkeys(commits)) or ["unrecorded"]
+    return list(dict.fromkeys(_commits(pathlib.Path(logdir) / HISTORY_FILE))) or ["unrecorded"]
 
 
 def record_config(config: dict, logdir: pathlib.Path | str, step: int = 0) -> dict[str, tuple]:
@@ -272,7 +265,7 @@ def record_config(config: dict, logdir: pathlib.Path | str, step: int = 0) -> di
     if old is not None and not history.is_file():  # a run from before the history: its config ran first
         lines.append({"from_step": 0, "time": current.stat().st_mtime, "config": old, "changed": {}})
     # A resume on other code is a line too: the history then says which commit ran which steps.
-    if old is None or changes or not history.is_file() or _last_commit(history) != commit:
+    if old is None or changes or not history.is_file() or (_commits(history) or [None])[-1] != commit:
         lines.append({"from_step": int(step), "time": time.time(), "config": dict(config),
                       "changed": {k: list(v) for k, v in changes.items()}, "commit": commit})
     if changes:

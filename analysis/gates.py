@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 import tools
+from analysis import load
 
 PLATEAU_TOLERANCE = 0.02
 PLATEAU_WINDOW = 300  # updates per window; after a doubling the same windows at the longer run's end
@@ -32,22 +33,15 @@ NEAR_VIEWS = ("metaworld_handle_press_side", "metaworld_handle_pull", "metaworld
 NEAR_SHARE = 0.67
 
 
+GATE_HINT = "; run the gate sweep first (sweeps/specs/handle_press_near_gates.yaml)"
+
+
 def rows(run: pathlib.Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as err:
-        raise tools.UsageError(f"{path}: cannot read ({err}); run the gate sweep first "
-                               f"(sweeps/specs/handle_press_near_gates.yaml)") from None
+    return load.read_rows(run, GATE_HINT)
 
 
 def config(run: pathlib.Path) -> dict:
-    import yaml
-
-    try:
-        return yaml.safe_load((run / "config.yaml").read_text())
-    except OSError as err:
-        raise tools.UsageError(f"{run / 'config.yaml'}: cannot read ({err})") from None
+    return load.read_config(run, GATE_HINT)
 
 
 def g0_plateau(teacher: pathlib.Path) -> dict:

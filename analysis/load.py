@@ -54,28 +54,47 @@ def _setting(config: dict, key: str, path: pathlib.Path, rows: dict | None = Non
 SKIP_HINT = "; pass --skip_bad to leave this run out"
 
 
-def read_run(path: pathlib.Path) -> Run:
-    """The run in folder `path`; an unreadable metrics.jsonl line or config.yaml is a UsageError naming the file."""
+def read_config(path: pathlib.Path, hint: str = SKIP_HINT) -> dict:
+    """<path>/config.yaml as a dict; unreadable or not a mapping: a UsageError naming the file."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
-    from training.evaluation import goal_rule
 
     try:
         config = YAML(typ="safe", pure=True).load((path / "config.yaml").read_text())
+    except OSError as err:
+        raise UsageError(f"{path / 'config.yaml'}: cannot read ({err.strerror}){hint}") from None
     except YAMLError as err:
-        raise UsageError(f"{path / 'config.yaml'}: not valid YAML ({str(err).splitlines()[0]}){SKIP_HINT}") from None
+        raise UsageError(f"{path / 'config.yaml'}: not valid YAML ({str(err).splitlines()[0]}){hint}") from None
     if not isinstance(config, dict):
-        raise UsageError(f"{path / 'config.yaml'}: not a mapping of settings{SKIP_HINT}")
+        raise UsageError(f"{path / 'config.yaml'}: not a mapping of settings{hint}")
+    return config
+
+
+def read_rows(path: pathlib.Path, hint: str = SKIP_HINT) -> list[dict]:
+    """Every row of <path>/metrics.jsonl; a line that is not JSON: a UsageError naming the file and line."""
+    rows = []
+    try:
+        with open(path / "metrics.jsonl") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise UsageError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line (a torn write?){hint}") \
+                        from None
+    except OSError as err:
+        raise UsageError(f"{path / 'metrics.jsonl'}: cannot read ({err.strerror}){hint}") from None
+    return rows
+
+
+def read_run(path: pathlib.Path) -> Run:
+    """The run in folder `path`; an unreadable metrics.jsonl line or config.yaml is a UsageError naming the file."""
+    from training.evaluation import goal_rule
+
+    config = read_config(path)
     rows: dict[int, dict] = {}
-    with open(path / "metrics.jsonl") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UsageError(f"{path / 'metrics.jsonl'}:{number}: not a JSON line (a torn write?){SKIP_HINT}") \
-                    from None
-            if EVAL_KEYS["success"] in row:
-                rows[int(row["step"])] = row  # a repeated step keeps its last value
+    for row in read_rows(path):
+        if EVAL_KEYS["success"] in row:
+            rows[int(row["step"])] = row  # a repeated step keeps its last value
     steps = np.array(sorted(rows), dtype=np.int64)
     curves = {name: np.array([float(rows[s].get(key, np.nan)) for s in steps]) for name, key in EVAL_KEYS.items()}
     match = SEED_DIR.search(path.name)
